@@ -230,3 +230,184 @@ def test_unet_bf16_autocast_cpu():
             out = net(x, s, y)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert ((out - ref).norm() / ref.norm()).item() < 0.02  # bf16 round-off only
+
+# ---------------------------------------------------------------------------------------------------------------
+# freeze.py, disc.py, train.py
+
+import subprocess
+
+import data
+import disc
+import freeze
+import train
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """An 8x8 toy dataset and a tiny conditional EDM checkpoint to fine-tune."""
+    root = tmp_path_factory.mktemp('tiny')
+    ds = data.make_toy(str(root / 'toy8.zip'), n=64, resolution=8, seed=1)
+    torch.manual_seed(0)
+    net = unet.EDMPrecond(img_resolution=8, img_channels=3, label_dim=4, model_type='SongUNet', model_channels=16,
+                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0, augment_dim=9)
+    ckpt = str(root / 'teacher.pt')
+    unet.save_checkpoint(ckpt, net, kind='denoiser')
+    return dict(root=root, data=ds, ckpt=ckpt)
+
+
+def run_train(tiny, run, *extra):
+    args = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0',
+            '--tick', '1', '--snap', '1', '--rundir', str(run), *extra]
+    train.main(args)
+    return torch.load(sorted(glob_states(run))[-1], weights_only=True)
+
+
+def glob_states(run):
+    import glob
+    return glob.glob(os.path.join(str(run), 'training-state-*.pt'))
+
+
+def test_train_losses_closed_forms():
+    zero = [torch.zeros(3, 5)]
+    torch.testing.assert_close(train.g_loss(zero), torch.full([3], np.log(2.0)))
+    torch.testing.assert_close(train.d_loss(zero, zero), torch.full([3], 2 * np.log(2.0)))
+    l = torch.randn(4, 6)
+    torch.testing.assert_close(train.g_loss([l, l[:, :2]]), -(torch.sigmoid(l).log().mean(1) + torch.sigmoid(l[:, :2]).log().mean(1)))
+    torch.testing.assert_close(train.d_loss([l], [-l]), -2 * torch.sigmoid(-l).log().mean(1))
+
+
+def test_train_r1_linear_d():
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    D = lambda x, c: [(x * w).flatten(1).sum(1, keepdim=True)]
+    x = torch.randn(5, 3, 4, 4)
+    pen = train.r1_penalty(D, x, None)
+    torch.testing.assert_close(pen, torch.full([5], w.detach().square().sum().item()))
+    pen.mean().backward()  # needs the double backward: d/dw ||w||^2 = 2w
+    torch.testing.assert_close(w.grad, 2 * w.detach())
+
+
+@pytest.mark.parametrize('name,level,frozen,total', [
+    ('edm-cifar10-32x32-uncond-ve', 1, 47597568, 56395523), ('edm-cifar10-32x32-uncond-ve', 2, 48781824, 56395523),
+    ('edm-cifar10-32x32-uncond-ve', 3, 51015168, 56395523), ('edm-cifar10-32x32-cond-ve', 1, 47597568, 56398339),
+    ('edm-ffhq-64x64-uncond-ve', 1, 52614144, 62758787), ('edm-afhqv2-64x64-uncond-ve', 1, 52614144, 62758787),
+    ('edm-imagenet-64x64-cond-adm', 1, 233065920, 295899267)])
+def test_freeze_fractions(name, level, frozen, total):
+    with torch.device('meta'):
+        net = unet.EDMPrecond(**dict(unet.OFFICIAL[name], augment_dim=0))  # D2O builds no augment layer
+    assert freeze.freeze(net, level, verbose=False) == (frozen, total)
+    assert all(not p.requires_grad for n, p in net.named_parameters() if freeze.is_frozen(n, level))
+    names = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert names and all(('conv' in n or 'proj' in n or 'qkv' in n or 'skip' in n) and '_aux_' not in n for n in names)
+
+
+def test_freeze_gradients_equal_unfrozen(tiny):
+    net, _ = unet.read_checkpoint(tiny['ckpt'])
+    G1 = unet.D2OGenerator(train.without_augment(net)).requires_grad_(True)
+    G2 = unet.D2OGenerator(train.without_augment(net)).requires_grad_(True)
+    freeze.freeze(G2, 1, verbose=False)
+    z, c = torch.randn(4, 3, 8, 8), torch.eye(4)
+    for G in (G1, G2):
+        G(z, c).square().mean().backward()
+    for (n, p1), p2 in zip(G1.named_parameters(), G2.parameters()):
+        if p2.requires_grad:
+            assert torch.equal(p1.grad, p2.grad), n
+        else:
+            assert p2.grad is None, n  # no gradient computed for frozen tensors
+
+
+def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
+    state = run_train(tiny, tmp_path / 'f', '--freeze', '1', '--kimg', '0.048')
+    init = train.without_augment(unet.load_edm(tiny['ckpt'])).state_dict()
+    changed = {k for k in state['G'] if not torch.equal(state['G'][k], init[k])}
+    frozen = {k for k in state['G'] if freeze.is_frozen(k, 1) and not k.endswith('resample_filter')}
+    assert frozen and not (changed & frozen)
+    assert changed  # the trainable part moved
+
+
+def test_train_accumulation(tiny, tmp_path):
+    a = run_train(tiny, tmp_path / 'a', '--kimg', '0.016', '--batch-gpu', '8')
+    b = run_train(tiny, tmp_path / 'b', '--kimg', '0.016', '--batch-gpu', '4')
+    for key in ('G', 'D'):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k], rtol=1e-5, atol=1e-6, msg=f'{key}.{k}')
+
+
+def test_train_exact_resume(tiny, tmp_path):
+    # 18 iterations cross an R1 step (iteration 16).
+    full = run_train(tiny, tmp_path / 'full', '--kimg', '0.144')
+    run_train(tiny, tmp_path / 'split', '--kimg', '0.072')
+    split = run_train(tiny, tmp_path / 'split', '--kimg', '0.144')  # resumes from the newest state in the run dir
+    assert split['nimg'] == full['nimg'] == 144
+    for key in ('G', 'G_ema', 'D'):
+        for k in full[key]:
+            assert torch.equal(full[key][k], split[key][k]), f'{key}.{k}'
+
+
+def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsys):
+    calls = {'n': 0}
+    real = train.g_loss
+
+    def poisoned(logits):
+        calls['n'] += 1
+        out = real(logits)
+        return out * float('nan') if calls['n'] > 3 else out
+    monkeypatch.setattr(train, 'g_loss', poisoned)
+    with pytest.raises(SystemExit):
+        run_train(tiny, tmp_path / 'nan', '--kimg', '0.08', '--snap', '0.016')
+    out = capsys.readouterr().out
+    assert 'non-finite G loss' in out and 'iteration 3' in out
+    states = glob_states(tmp_path / 'nan')
+    assert len(states) == 1 and torch.load(states[0], weights_only=True)['nimg'] == 16
+    assert not [f for f in os.listdir(tmp_path / 'nan') if f.endswith('.tmp')]
+
+
+def test_train_edm_loss_decreases(tiny, tmp_path):
+    state = run_train(tiny, tmp_path / 'edm', '--loss', 'edm', '--kimg', '0.4', '--lr', '2e-3', '--lr-rampup', '0')
+    net0 = unet.load_edm(tiny['ckpt'])
+    net1 = type(net0)(**net0.init_kwargs)
+    net1.load_state_dict(state['G'])
+    ds = data.ImageDataset(tiny['data'])
+    x, c = ds.batch(range(64))
+    x, c = torch.from_numpy(x).float() / 127.5 - 1, torch.from_numpy(c)
+    g = torch.Generator().manual_seed(0)
+    sigma = (torch.randn([64, 1, 1, 1], generator=g) * 1.2 - 1.2).exp()
+    noise = torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        before, after = (train.edm_loss(n.eval(), x, c, sigma, noise).mean().item() for n in (net0, net1))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_train_data_mismatch_message(tiny, tmp_path, capsys):
+    other = data.make_toy(str(tmp_path / 'toy16.zip'), n=8, resolution=16)
+    with pytest.raises(SystemExit) as e:
+        train.main(['--data', other, '--init', tiny['ckpt'], '--rundir', str(tmp_path / 'x'), '--fid-num', '0'])
+    assert '8x8' in str(e.value) and '16x16' in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        train.main(['--data', str(tmp_path / 'missing.zip'), '--init', tiny['ckpt'], '--fid-num', '0'])
+    assert 'not found' in str(e.value) and 'data.py convert' in str(e.value)
+
+
+def test_disc_interface_and_conditioning():
+    torch.manual_seed(0)
+    D = disc.ResNetD(16, 3, label_dim=4, width=8)
+    x = torch.randn(8, 3, 16, 16)
+    c = torch.eye(4)[torch.arange(8) % 4]
+    out = D(x, c)
+    assert isinstance(out, list) and out[0].shape == (8, 1)
+    assert not torch.allclose(D(x, torch.eye(4)[torch.zeros(8, dtype=torch.long)])[0], out[0])  # labels matter
+    # consecutive minibatch-std groups: a micro-batch of 4 sees what the full batch of 8 does
+    torch.testing.assert_close(D(x[:4], c[:4])[0], out[0][:4])
+    assert disc.ResNetD(32, 3, 0, width=8)(torch.randn(2, 3, 32, 32))[0].shape == (2, 1)
+
+
+def test_train_torchrun_two_ranks(tiny, tmp_path):
+    run = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', os.path.join(HERE, 'train.py'),
+           '--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--batch-gpu', '2', '--dwidth', '8',
+           '--kimg', '0.032', '--tick', '1', '--snap', '1', '--fid-num', '0', '--rundir', str(run)]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert 'ranks agree: G, D parameters identical on all 2 ranks' in r.stdout
+    assert 'batch 8 = 2 GPU(s) x 2 x 2' in r.stdout
+    assert torch.load(glob_states(run)[0], weights_only=True)['nimg'] == 32

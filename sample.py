@@ -1,0 +1,219 @@
+"""Sampling: one step from D2O generators, EDM's Heun sampler for diffusion teachers, EDM's per-seed latents.
+
+    python sample.py --net runs/toy-d2o/network-snapshot-000100.pt --seeds 0-63 --grid grid.png
+    python sample.py --net edm-cifar10-32x32-cond-vp --seeds 0-49999 --outdir out/edm --subdirs   # Heun, 18 steps
+    python sample.py --net assets/toy-edm.pt --raw --seeds 0-999 --npz raw.npz     # the teacher's D(80z; 80)
+    torchrun --standalone --nproc_per_node=8 sample.py --net ... --seeds 0-49999 --outdir out/x
+
+Method: our generator checkpoints sample in one network evaluation. A diffusion network (EDM .pkl or our teacher
+checkpoint) uses EDM's Heun sampler with EDM's recommended settings for its resolution (18 steps at 32x32, 40 at
+64x64, 256 stochastic steps for ImageNet-64) unless --steps/--churn say otherwise; --raw gives its one-step output.
+Seeds: one torch.Generator per seed (latents first, then the class index, then per-step noise), so a seed gives the
+same image whatever the batch size or number of ranks. EDM's generate.py uses CUDA generators: on CUDA the latents
+equal EDM's; CPU generators give other (equally valid) latents.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import unet
+
+
+class StackedRandomGenerator:
+    """One generator per seed; draws are stacked along the batch axis (EDM's scheme)."""
+    def __init__(self, device, seeds):
+        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
+
+    def randn(self, size, **kwargs):
+        return torch.stack([torch.randn(size[1:], generator=g, **kwargs) for g in self.generators])
+
+    def randn_like(self, x):
+        return self.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device)
+
+    def randint(self, *args, size, **kwargs):
+        return torch.stack([torch.randint(*args, size=size[1:], generator=g, **kwargs) for g in self.generators])
+
+
+def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, num_steps=18, sigma_min=0.002,
+                sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'), S_noise=1):
+    """EDM's Heun sampler (Algorithm 2), float64 state; NFE = 2*num_steps - 1."""
+    sigma_min, sigma_max = max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max)
+    i = torch.arange(num_steps, dtype=torch.float64, device=latents.device)
+    t_steps = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    t_steps = torch.cat([net.round_sigma(t_steps), torch.zeros_like(t_steps[:1])])
+    x_next = latents.to(torch.float64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
+        t_hat = net.round_sigma(t_cur + gamma * t_cur)
+        # EDM draws this noise at every step, even when gamma = 0, so the RNG streams advance the same way.
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        d_cur = (x_hat - net(x_hat, t_hat, class_labels).to(torch.float64)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:  # Heun correction; the last step is Euler
+            d_prime = (x_next - net(x_next, t_next, class_labels).to(torch.float64)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def recommended(net):
+    """EDM's recommended Heun settings for a network (spec edm.md 3)."""
+    if net.img_resolution >= 64 and net.label_dim >= 1000:
+        return dict(num_steps=256, S_churn=40, S_min=0.05, S_max=50, S_noise=1.003)
+    return dict(num_steps=40 if net.img_resolution >= 64 else 18)
+
+
+def quantize(x):
+    """[-1,1] float -> uint8 exactly as EDM: clip(x*127.5 + 128) truncated, i.e. round-half-up."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def latents_and_labels(rnd, n, net, device, class_idx=None):
+    z = rnd.randn([n, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    labels = None
+    if net.label_dim:
+        idx = rnd.randint(net.label_dim, size=[n], device=device)
+        labels = torch.eye(net.label_dim, device=device)[idx]
+        if class_idx is not None:
+            labels[:, :] = 0
+            labels[:, class_idx] = 1
+    elif class_idx is not None:
+        raise ValueError('--class given, but the network is unconditional')
+    return z, labels
+
+
+class Sampler:
+    """Maps seeds to images in [-1,1] with one of: 'generator' (D2O, 1 NFE), 'raw' (D(80z; 80), 1 NFE), 'heun'."""
+    def __init__(self, net, method, **heun_kwargs):
+        self.net, self.method, self.heun_kwargs = net, method, heun_kwargs
+        if method == 'heun':
+            self.nfe = 2 * heun_kwargs.get('num_steps', 18) - 1
+        else:
+            self.nfe = 1
+
+    @torch.no_grad()
+    def __call__(self, seeds, device, class_idx=None):
+        rnd = StackedRandomGenerator(device, seeds)
+        z, labels = latents_and_labels(rnd, len(seeds), self.net, device, class_idx)
+        if self.method == 'generator':
+            x = self.net(z, labels)
+        elif self.method == 'raw':
+            x = self.net(z.to(torch.float64) * 80, torch.tensor(80.0, dtype=torch.float64, device=device), labels)
+        else:
+            x = edm_sampler(self.net, z, labels, randn_like=rnd.randn_like, **self.heun_kwargs)
+        return x, labels
+
+
+def load_sampler(src, raw=False, steps=None, churn=None, device='cpu'):
+    net, meta = unet.read_checkpoint(src)
+    net = net.to(device)
+    if meta.get('kind') == 'generator':
+        return Sampler(unet.D2OGenerator(net).eval(), 'generator'), meta
+    if raw:
+        return Sampler(net, 'raw'), meta
+    kw = recommended(net)
+    if steps is not None:
+        kw = dict(kw, num_steps=steps)
+    if churn is not None:
+        kw = dict(kw, S_churn=churn)
+    return Sampler(net, 'heun', **kw), meta
+
+
+def save_grid(images, path, cols=None):
+    """uint8 [N,C,H,W] -> one PNG, cols images per row."""
+    images = images.cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
+    n, c, h, w = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.zeros([rows * h, cols * w, c], np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img.transpose(1, 2, 0)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
+
+
+def parse_seeds(s):
+    out = []
+    for part in s.split(','):
+        a, _, b = part.partition('-')
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def rank_batches(seeds, batch, rank, world):
+    """EDM's split: ceil(n / (batch*world))*world nearly equal batches, rank r takes r::world."""
+    num = max(int(math.ceil(len(seeds) / (batch * world))) * world, 1)
+    return [b.tolist() for b in torch.as_tensor(seeds).tensor_split(num)][rank::world]
+
+
+def main():
+    p = argparse.ArgumentParser(description='Sample images with per-seed determinism.')
+    p.add_argument('--net', required=True, help='our checkpoint, EDM .pkl path/URL, or official EDM name')
+    p.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
+    p.add_argument('--class', dest='class_idx', type=int, default=None, help='fixed class (conditional nets)')
+    p.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the images)')
+    p.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(80z; 80)")
+    p.add_argument('--steps', type=int, default=None, help='Heun steps (default: EDM recommended for the net)')
+    p.add_argument('--churn', type=float, default=None, help='S_churn for stochastic Heun')
+    p.add_argument('--outdir', default=None, help='write {seed:06d}.png here')
+    p.add_argument('--subdirs', action='store_true', help='thousand-subfolders as EDM: {seed - seed%%1000:06d}/')
+    p.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
+    p.add_argument('--grid', default=None, help='write the first 64 images as a grid PNG')
+    a = p.parse_args()
+
+    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    device = torch.device(f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu')
+    if world > 1:
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    sampler, _ = load_sampler(a.net, a.raw, a.steps, a.churn, device)
+    seeds = parse_seeds(a.seeds)
+    if rank == 0:
+        print(f'{a.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')
+    packed, t0, done = [], time.time(), 0
+    for batch in rank_batches(seeds, a.batch, rank, world):
+        if not batch:
+            continue
+        x, labels = sampler(batch, device, a.class_idx)
+        images = quantize(x).cpu()
+        for s, img in zip(batch, images):
+            if a.outdir:
+                d = os.path.join(a.outdir, f'{s - s % 1000:06d}') if a.subdirs else a.outdir
+                os.makedirs(d, exist_ok=True)
+                Image.fromarray(img.permute(1, 2, 0).squeeze(2).numpy()).save(os.path.join(d, f'{s:06d}.png'))
+        packed.append((batch, images, labels.argmax(1).cpu() if labels is not None else None))
+        done += len(batch)
+        if rank == 0:
+            print(f'{done * world}/{len(seeds)} images, {done / (time.time() - t0):.1f} img/s per rank', flush=True)
+    if world > 1:
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, packed)
+        packed = [b for g in gathered for b in g]
+    if rank == 0 and (a.npz or a.grid):
+        packed.sort(key=lambda b: b[0][0])
+        images = torch.cat([b[1] for b in packed])
+        if a.npz:
+            arrays = dict(arr_0=images.permute(0, 2, 3, 1).numpy())
+            if packed[0][2] is not None:
+                arrays['arr_1'] = torch.cat([b[2] for b in packed]).numpy()
+            tmp = a.npz + '.tmp.npz'
+            np.savez(tmp, **arrays)
+            os.replace(tmp, a.npz)
+        if a.grid:
+            save_grid(images[:64], a.grid)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        sys.exit(f'error: {e}')
