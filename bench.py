@@ -1,0 +1,108 @@
+"""Speed and memory of the D2O loop on this device, as ratios measured in one run (a benchmark, not a test).
+
+    python bench.py                                  # the toy architecture, batch 32
+    python bench.py --arch edm-cifar10-32x32-uncond-ve --batch 8 --iters 4      # an official size
+    OMP_NUM_THREADS=1 python bench.py --iters 20
+
+It times, on freshly generated data and randomly initialised networks of the chosen size:
+  - train.py's own loop (D2O and D2O-F), from its per-tick timings: iterations/s and img/s;
+  - the model passes of one iteration timed alone (G forward+backward through D, G forward for the D step,
+    D forward+backward on fakes and reals) and the loop's time divided by their sum (loop overhead; R1 and EMA
+    are part of the loop);
+  - the G optimizer's state memory under D2O-F vs D2O.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import data
+import disc
+import freeze
+import train
+import unet
+
+p = argparse.ArgumentParser(description='Benchmark the D2O loop.')
+p.add_argument('--arch', default='toy', help='"toy" or an official EDM name (architecture only)')
+p.add_argument('--batch', type=int, default=32, help='batch')
+p.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
+p.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
+
+
+def timed(fn, reps=3):
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
+def loop_seconds_per_iter(root, ckpt, ds, a, level):
+    run = os.path.join(root, f'run-f{level}')
+    kimg = (a.iters + 2) * a.batch / 1000
+    train.main(['--data', ds, '--init', ckpt, '--batch', str(a.batch), '--dwidth', str(a.dwidth), '--kimg', str(kimg),
+                '--tick', str(a.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run])
+    ticks = [json.loads(l) for l in open(os.path.join(run, 'metrics.jsonl'))][2:]  # skip warm-up ticks
+    return float(np.median([t['sec_per_kimg'] * a.batch / 1000 for t in ticks]))
+
+
+def main():
+    a = p.parse_args()
+    kwargs = train.ARCHS.get(a.arch) or unet.OFFICIAL[a.arch]
+    torch.manual_seed(0)
+    net = unet.EDMPrecond(**dict(kwargs, augment_dim=0, dropout=0.0))
+    R, L = net.img_resolution, net.label_dim
+    with tempfile.TemporaryDirectory() as root:
+        rng = np.random.RandomState(0)
+        ds = os.path.join(root, 'data.zip')
+        data.write_dataset(ds, [rng.randint(0, 256, (R, R, 3), dtype=np.uint8) for _ in range(4 * a.batch)],
+                           [i % L for i in range(4 * a.batch)] if L else None)
+        ckpt = os.path.join(root, 'net.pt')
+        unet.save_checkpoint(ckpt, net)
+
+        # Model passes alone.
+        G = unet.D2OGenerator(net).train().requires_grad_(True)
+        D = disc.ResNetD(R, 3, L, a.dwidth)
+        z, x = torch.randn(a.batch, 3, R, R), torch.rand(a.batch, 3, R, R) * 2 - 1
+        c = torch.eye(L)[torch.arange(a.batch) % L] if L else None
+        t_g = timed(lambda: train.g_loss(D(G(z, c), c)).mean().backward())
+        with torch.no_grad():
+            t_gf = timed(lambda: G(z, c))
+        t_d = timed(lambda: train.d_loss(D(x, c), D(x, c)).mean().backward())
+        passes = t_g + t_gf + t_d
+
+        # The loop itself, D2O and D2O-F; optimizer state of G.
+        it = {level: loop_seconds_per_iter(root, ckpt, ds, a, level) for level in (0, 1)}
+        mem = {}
+        for level in (0, 1):
+            Gl = unet.D2OGenerator(unet.EDMPrecond(**net.init_kwargs)).requires_grad_(True)
+            freeze.freeze(Gl, level, verbose=False)
+            opt = torch.optim.Adam([q for q in Gl.parameters() if q.requires_grad], lr=1e-4, betas=(0.0, 0.99))
+            Gl(z[:2], c[:2] if c is not None else None).mean().backward()
+            opt.step()
+            mem[level] = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+    rows = [
+        ('device / threads', f'{"cuda" if torch.cuda.is_available() else "cpu"} / {torch.get_num_threads()}'),
+        ('G parameters', f'{unet.num_params(net):,}'),
+        ('D2O iterations/s', f'{1 / it[0]:.2f}'),
+        ('D2O img/s', f'{a.batch / it[0]:.1f}'),
+        ('D2O-F img/s', f'{a.batch / it[1]:.1f}'),
+        ('model passes alone, s/iteration', f'{passes:.3f} (G fwd+bwd {t_g:.3f}, G fwd {t_gf:.3f}, D fwd+bwd x2 {t_d:.3f})'),
+        ('loop / model passes (overhead)', f'{it[0] / passes:.2f}'),
+        ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
+        ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
+    ]
+    print(f'\nbench: {a.arch}, batch {a.batch}, {a.iters} iterations per loop run')
+    print('| measure | value |\n|---|---|')
+    for k, v in rows:
+        print(f'| {k} | {v} |')
+
+
+if __name__ == '__main__':
+    main()
