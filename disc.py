@@ -1,20 +1,32 @@
 """Discriminators. Every D has one interface: D(images in [-1,1] [N,C,R,R], one-hot labels [N,L] or None) -> a list
 of logit tensors, each [N, P] (P positions; the GAN losses average over positions, R1 sums over them).
 
-    python disc.py --resolution 32 --labels 10              # print the ResNet D's size
-    python disc.py --resolution 32 --width 32 --bench       # time one forward+backward on this device
+    python disc.py --resolution 32 --labels 10                          # the ResNet D's size
+    python disc.py --resolution 32 --width 32 --bench                   # time one forward+backward
+    python disc.py --projected vgg16_bn,efficientnet_lite0 --bench      # the official D (needs the weight files)
 
 ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data's native resolution (equalized
 learning rate, leaky ReLU, minibatch-std, projection conditioning on class labels), randomly initialised as in
 the seed papers' ablations. Its width is a flag.
+
+ProjectedD is the official D2O discriminator (Projected GAN / StyleGAN-XL, spec d2o.md 4): frozen ImageNet feature
+networks (EfficientNet-lite0 plus VGG16-BN or DeiT-B), each cut into four stages, frozen random cross-channel and
+cross-scale mixing, and four trainable spectral-norm heads per network. The feature networks are written here in
+plain PyTorch with the state_dict keys of the public weight files (timm's tf_efficientnet_lite0, torchvision's
+vgg16_bn, FB's deit_base_distilled_patch16_224), which are read from a path, the cache, or their public URLs.
+The random projections come from a fixed seed, so every rank and every resumed run holds the same ones.
 """
 
 import argparse
 import math
+import os
 import time
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+
+import unet
 
 
 class EqConv(torch.nn.Module):
@@ -94,6 +106,276 @@ class ResNetD(torch.nn.Module):
         return [x]
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Feature networks (frozen). Each returns its four stage outputs.
+
+class SameConv(torch.nn.Conv2d):
+    """TensorFlow 'SAME' padding: strided convs pad from the input size, the odd pixel after (timm's tf_ models)."""
+    def forward(self, x):
+        k, s = self.kernel_size[0], self.stride[0]
+        if s == 1:
+            return F.conv2d(x, self.weight, self.bias, 1, k // 2, 1, self.groups)
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, s, 0, 1, self.groups)
+
+
+def bn(c, eps):
+    return torch.nn.BatchNorm2d(c, eps=eps)
+
+
+class DepthwiseSeparable(torch.nn.Module):
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.conv_dw, self.bn1 = SameConv(cin, cin, k, 1, groups=cin, bias=False), bn(cin, 1e-3)
+        self.conv_pw, self.bn2 = SameConv(cin, cout, 1, bias=False), bn(cout, 1e-3)
+
+    def forward(self, x):
+        return self.bn2(self.conv_pw(F.relu6(self.bn1(self.conv_dw(x)))))
+
+
+class InvertedResidual(torch.nn.Module):
+    def __init__(self, cin, cout, k, stride, expand=6):
+        super().__init__()
+        mid, self.skip = cin * expand, stride == 1 and cin == cout
+        self.conv_pw, self.bn1 = SameConv(cin, mid, 1, bias=False), bn(mid, 1e-3)
+        self.conv_dw, self.bn2 = SameConv(mid, mid, k, stride, groups=mid, bias=False), bn(mid, 1e-3)
+        self.conv_pwl, self.bn3 = SameConv(mid, cout, 1, bias=False), bn(cout, 1e-3)
+
+    def forward(self, x):
+        y = F.relu6(self.bn2(self.conv_dw(F.relu6(self.bn1(self.conv_pw(x))))))
+        y = self.bn3(self.conv_pwl(y))
+        return x + y if self.skip else y
+
+
+class EfficientNetLite0(torch.nn.Module):
+    """timm tf_efficientnet_lite0 up to blocks[6]; stages: stem+blocks[0:2], [2], [3:5], [5:7]."""
+    channels = (24, 40, 112, 320)
+    unused = ('conv_head.', 'bn2.', 'classifier.')
+
+    def __init__(self):
+        super().__init__()
+        self.conv_stem, self.bn1 = SameConv(3, 32, 3, 2, bias=False), bn(32, 1e-3)
+        plan = [(1, 3, 1, 16), (2, 3, 2, 24), (2, 5, 2, 40), (3, 3, 2, 80), (3, 5, 1, 112), (4, 5, 2, 192), (1, 3, 1, 320)]
+        blocks, cin = [], 32
+        for i, (n, k, stride, cout) in enumerate(plan):
+            stage = [DepthwiseSeparable(cin, cout, k)] if i == 0 else [InvertedResidual(cin if j == 0 else cout, cout, k, stride if j == 0 else 1) for j in range(n)]
+            blocks.append(torch.nn.Sequential(*stage))
+            cin = cout
+        self.blocks = torch.nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x = self.blocks[0:2](F.relu6(self.bn1(self.conv_stem(x))))
+        s1 = self.blocks[2](x)
+        s2 = self.blocks[3:5](s1)
+        return [x, s1, s2, self.blocks[5:7](s2)]
+
+
+class VGG16BN(torch.nn.Module):
+    """torchvision vgg16_bn `features`; stages: [0:13], [13:23], [23:33], [33:43] (the last max-pool is unused)."""
+    channels = (128, 256, 512, 512)
+    unused = ('classifier.',)
+
+    def __init__(self):
+        super().__init__()
+        layers, cin = [], 3
+        for v in [64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M']:
+            if v == 'M':
+                layers.append(torch.nn.MaxPool2d(2, 2))
+            else:
+                layers += [torch.nn.Conv2d(cin, v, 3, padding=1), bn(v, 1e-5), torch.nn.ReLU()]
+                cin = v
+        self.features = torch.nn.Sequential(*layers)
+
+    def forward(self, x):
+        out = []
+        for a, b in [(0, 13), (13, 23), (23, 33), (33, 43)]:
+            x = self.features[a:b](x)
+            out.append(x)
+        return out
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, dim=768, heads=12):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, torch.nn.Linear(dim, dim * 3), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # [q; k; v] blocks
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, c))
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self, dim=768, hidden=3072):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU
+
+
+class Block(torch.nn.Module):
+    def __init__(self, dim=768):
+        super().__init__()
+        self.norm1, self.attn = torch.nn.LayerNorm(dim, eps=1e-6), Attention(dim)
+        self.norm2, self.mlp = torch.nn.LayerNorm(dim, eps=1e-6), Mlp(dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 768, 16, 16)
+
+
+class DeiTBase(torch.nn.Module):
+    """deit_base_distilled_patch16_224 at 224x224; stages: outputs of blocks 2, 5, 8, 11 (before the final norm),
+    cls and dist tokens dropped, as [B,768,14,14]."""
+    channels = (768, 768, 768, 768)
+    unused = ('norm.', 'head.', 'head_dist.')
+
+    def __init__(self):
+        super().__init__()
+        self.cls_token, self.dist_token = torch.nn.Parameter(torch.zeros(1, 1, 768)), torch.nn.Parameter(torch.zeros(1, 1, 768))
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 198, 768))
+        self.patch_embed = PatchEmbed()
+        self.blocks = torch.nn.Sequential(*[Block() for _ in range(12)])
+
+    def forward(self, x):
+        n = x.shape[0]
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(n, -1, -1), self.dist_token.expand(n, -1, -1), x], dim=1) + self.pos_embed
+        out = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in (2, 5, 8, 11):
+                out.append(x[:, 2:].transpose(1, 2).reshape(n, 768, 14, 14))
+        return out
+
+
+BACKBONES = {
+    'efficientnet_lite0': (EfficientNetLite0, 'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/tf_efficientnet_lite0-0aa007d2.pth', (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    'vgg16_bn': (VGG16BN, 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'deit_base_distilled': (DeiTBase, 'https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+PAIRS = {'cifar': ('vgg16_bn', 'efficientnet_lite0'), 'deit': ('deit_base_distilled', 'efficientnet_lite0')}
+
+
+def backbone_file(name, path=None):
+    """The public weight file: a given path, the cache, or a download (offline: a message saying where to put it)."""
+    return path if path else unet.download(BACKBONES[name][1], f'{name} weights for the projected discriminator')
+
+
+def load_backbone(name, path=None):
+    net = BACKBONES[name][0]()
+    sd = torch.load(backbone_file(name, path), map_location='cpu', weights_only=True)
+    sd = sd.get('model', sd)  # DeiT's file keeps its weights under "model"
+    sd = {k: v for k, v in sd.items() if not k.startswith(net.unused)}
+    net.load_state_dict(sd, strict=True)
+    return net
+
+
+def backbones_available(names):
+    return all(os.path.isfile(os.path.join(unet.cache_dir(), os.path.basename(BACKBONES[n][1]))) for n in names)
+
+# ----------------------------------------------------------------------------------------------------------------
+# The projected discriminator.
+
+class Projector(torch.nn.Module):
+    """Frozen random mixing (spec 4.3): CCM 1x1 convs to [64,128,256,512], then CSM top-down fusion
+    (add, x2 bilinear with align_corners, 1x1 conv) to [64,64,128,256] channels at twice each stage's size.
+    For DeiT, random readout convs first bring its 14x14 stages to 56/28/14/7."""
+    def __init__(self, channels, deit=False):
+        super().__init__()
+        if deit:
+            self.readout = torch.nn.ModuleList([
+                torch.nn.Sequential(torch.nn.Conv2d(768, 96, 1), torch.nn.ConvTranspose2d(96, 96, 4, 4)),
+                torch.nn.Sequential(torch.nn.Conv2d(768, 192, 1), torch.nn.ConvTranspose2d(192, 192, 2, 2)),
+                torch.nn.Conv2d(768, 384, 1),
+                torch.nn.Sequential(torch.nn.Conv2d(768, 768, 1), torch.nn.Conv2d(768, 768, 3, 2, 1))])
+            channels = (96, 192, 384, 768)
+        self.ccm = torch.nn.ModuleList([torch.nn.Conv2d(c, o, 1) for c, o in zip(channels, (64, 128, 256, 512))])
+        self.csm = torch.nn.ModuleList([torch.nn.Conv2d(c, o, 1) for c, o in ((64, 64), (128, 64), (256, 128), (512, 256))])
+
+    def forward(self, feats):
+        if hasattr(self, 'readout'):
+            feats = [r(f) for r, f in zip(self.readout, feats)]
+        c = [m(f) for m, f in zip(self.ccm, feats)]
+        up = lambda x: F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=True)
+        out, x = [None] * 4, None
+        for k in (3, 2, 1, 0):
+            x = self.csm[k](up(c[k] if x is None else x + c[k]))
+            out[k] = x
+        return out
+
+
+def down_block(cin, cout):
+    sn = torch.nn.utils.parametrizations.spectral_norm
+    return torch.nn.Sequential(sn(torch.nn.Conv2d(cin, cout, 4, 2, 1)), torch.nn.BatchNorm2d(cout), torch.nn.LeakyReLU(0.2))
+
+
+class Head(torch.nn.Module):
+    """DownBlocks from the declared size to 8x8, then a 4x4 valid conv: 1 logit, or 64-d for projection conditioning."""
+    def __init__(self, nc, start, label_dim, cmap_dim=64):
+        super().__init__()
+        ch = {16: 256, 32: 128, 64: 64, 128: 64, 8: 512}
+        ch[start] = nc
+        sizes = [start >> i for i in range(int(math.log2(start // 8)) + 1)]
+        self.blocks = torch.nn.Sequential(*[down_block(ch[a], ch[b]) for a, b in zip(sizes[:-1], sizes[1:])])
+        sn = torch.nn.utils.parametrizations.spectral_norm
+        self.out = sn(torch.nn.Conv2d(512, cmap_dim if label_dim else 1, 4, 1, 0, bias=False))
+        self.embed = torch.nn.Linear(label_dim, cmap_dim, bias=False) if label_dim else None
+        if self.embed is not None:
+            torch.nn.init.normal_(self.embed.weight)
+
+    def forward(self, x, c):
+        o = self.out(self.blocks(x))
+        if self.embed is None:
+            return o.flatten(1)
+        cmap = F.leaky_relu(self.embed(c), 0.2) * math.sqrt(2)
+        return ((o * cmap[:, :, None, None]).sum(1) / math.sqrt(o.shape[1])).flatten(1)
+
+
+class ProjectedD(torch.nn.Module):
+    """Frozen feature networks + frozen random projections + trainable heads; one logit vector per network."""
+    def __init__(self, backbones=PAIRS['cifar'], label_dim=0, weights=None, seed=0):
+        super().__init__()
+        self.names = list(backbones)
+        self.nets = torch.nn.ModuleDict({n: load_backbone(n, (weights or {}).get(n)) for n in self.names})
+        g = torch.random.fork_rng(devices=[])
+        with g:  # the random projections are a function of the seed: identical on every rank, saved with D
+            torch.manual_seed(seed)
+            self.proj = torch.nn.ModuleDict({n: Projector(BACKBONES[n][0].channels, deit=n.startswith('deit')) for n in self.names})
+        self.nets.requires_grad_(False)
+        self.proj.requires_grad_(False)
+        self.heads = torch.nn.ModuleDict({n: torch.nn.ModuleList([Head(nc, s, label_dim) for nc, s in zip((64, 64, 128, 256), (128, 64, 32, 16))])
+                                          for n in self.names})
+        for n in self.names:
+            mean, std = BACKBONES[n][2:]
+            self.register_buffer(f'mean_{n}', torch.tensor(mean).reshape(1, 3, 1, 1))
+            self.register_buffer(f'std_{n}', torch.tensor(std).reshape(1, 3, 1, 1))
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.nets.eval()  # BatchNorm of the feature networks always uses its running statistics
+        return self
+
+    def forward(self, x, c=None):
+        out = []
+        for n in self.names:
+            y = ((x + 1) / 2 - getattr(self, f'mean_{n}')) / getattr(self, f'std_{n}')
+            y = F.interpolate(y, size=(224, 224), mode='bilinear', align_corners=False)
+            feats = self.proj[n](self.nets[n](y))
+            out.append(torch.cat([h(f, c) for h, f in zip(self.heads[n], feats)], dim=1))
+        return out
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description='Build a discriminator and print its size (and speed).')
     p.add_argument('--resolution', type=int, default=32, help='image size')
@@ -101,9 +383,12 @@ if __name__ == '__main__':
     p.add_argument('--width', type=int, default=64, help='channels at full resolution')
     p.add_argument('--batch', type=int, default=8, help='batch for --bench')
     p.add_argument('--bench', action='store_true', help='time forward+backward')
+    p.add_argument('--projected', default=None, help='backbone pair, e.g. vgg16_bn,efficientnet_lite0')
     a = p.parse_args()
-    D = ResNetD(a.resolution, 3, a.labels, a.width)
-    print(f'ResNetD {a.resolution}x{a.resolution}: {sum(p.numel() for p in D.parameters()):,} trainable parameters')
+    D = ProjectedD(a.projected.split(','), a.labels) if a.projected else ResNetD(a.resolution, 3, a.labels, a.width)
+    trainable = sum(p.numel() for p in D.parameters() if p.requires_grad)
+    print(f'{type(D).__name__} {a.resolution}x{a.resolution}: {trainable:,} trainable, '
+          f'{sum(p.numel() for p in D.parameters()) - trainable:,} frozen parameters')
     if a.bench:
         x = torch.randn(a.batch, 3, a.resolution, a.resolution, requires_grad=True)
         c = torch.eye(a.labels)[torch.arange(a.batch) % a.labels] if a.labels else None

@@ -584,3 +584,115 @@ def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
     assert np.array_equal(pack['arr_0'][-1], expect)
     from PIL import Image
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)
+
+# ---------------------------------------------------------------------------------------------------------------
+# disc.py: the projected discriminator's backbones, projections and heads
+
+import math
+import zlib
+
+BACKBONE_SPEC = json.load(open(fix('backbones', 'backbones.json')))
+
+
+def fixture_weight(name, shape, dtype):
+    """From ../shared/fixtures/README.md: every fixture tensor is a function of its key."""
+    if name.endswith('num_batches_tracked'):
+        return torch.zeros(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    if name.endswith('running_var'):
+        return 0.5 + torch.rand(shape, generator=g)
+    if len(shape) >= 2:
+        return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    return torch.randn(shape, generator=g) * 0.1
+
+
+@pytest.fixture(scope='module')
+def backbone_files(tmp_path_factory):
+    """Weight files laid out as the public ones (DeiT under "model", classifier heads included)."""
+    root = tmp_path_factory.mktemp('backbones')
+    files = {}
+    for name in disc.BACKBONES:
+        sd = {k: fixture_weight(k, s, getattr(torch, t)) for k, s, t in BACKBONE_SPEC[name]['state_dict']}
+        files[name] = str(root / f'{name}.pth')
+        torch.save({'model': sd} if name.startswith('deit') else sd, files[name])
+    return files
+
+
+@pytest.mark.parametrize('name', list(disc.BACKBONES))
+def test_disc_backbone_matches_reference(name, backbone_files):
+    net = disc.load_backbone(name, backbone_files[name]).eval()
+    expected = {k: s for k, s, _ in BACKBONE_SPEC[name]['state_dict'] if not k.startswith(net.unused)}
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == expected
+    ref = np.load(fix('backbones', name + '.npz'))
+    with torch.no_grad():
+        out = net(torch.from_numpy(ref['x']))
+    for i, o in enumerate(out):
+        r = ref[f'stage{i}']
+        assert o.shape == r.shape
+        assert np.abs(o.numpy() - r).max() / np.abs(r).max() < 1e-4, f'stage{i}'
+
+
+def test_disc_projected_shapes_and_gradients(backbone_files):
+    g = torch.Generator().manual_seed(0)
+    for pair, positions in ((disc.PAIRS['cifar'], (484, 64)), (disc.PAIRS['deit'], (64, 64))):
+        for res, label_dim in ((32, 0), (64, 10)):
+            D = disc.ProjectedD(pair, label_dim, weights=backbone_files).train()
+            assert not any(m.training for m in D.nets.modules())  # feature networks stay in eval mode
+            c = torch.eye(10)[:2] if label_dim else None
+            with torch.no_grad():
+                out = D(torch.rand(2, 3, res, res, generator=g) * 2 - 1, c)
+            assert [tuple(o.shape) for o in out] == [(2, positions[0]), (2, positions[1])]
+    # The official configuration's trainable D parameters (spec 4.4), unconditional.
+    assert sum(q.numel() for q in D.parameters() if q.requires_grad) == 24796544  # conditional: ours, see README
+    D0 = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files)
+    assert sum(q.numel() for q in D0.parameters() if q.requires_grad) == 20662656
+    # Frozen parts get no gradients; the G loss reaches the generator through them.
+    w = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    fake = torch.tanh(w + torch.randn(2, 3, 32, 32, generator=g))
+    train.g_loss(D0(fake)).mean().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert all(q.grad is None for q in list(D0.nets.parameters()) + list(D0.proj.parameters()))
+    assert all(q.grad is not None for q in D0.heads.parameters())
+
+
+def _rank_projection(rank, world, files, out):
+    torch.distributed.init_process_group('gloo', init_method=f'file://{out}.init', rank=rank, world_size=world)
+    torch.manual_seed(1000 + rank)  # rank-dependent global RNG, as in the official code
+    D = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=files, seed=7)
+    flat = torch.cat([q.flatten() for q in D.proj.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    torch.distributed.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(gathered, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_disc_projection_identical_across_ranks(backbone_files, tmp_path):
+    out = str(tmp_path / 'proj.pt')
+    torch.multiprocessing.spawn(_rank_projection, args=(2, backbone_files, out), nprocs=2)
+    a, b = torch.load(out)
+    assert torch.equal(a, b)
+    other = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files, seed=8)
+    assert not torch.equal(a, torch.cat([q.flatten() for q in other.proj.parameters()]))  # the seed matters
+
+
+def test_disc_offline_message(monkeypatch, tmp_path):
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
+    monkeypatch.setattr(unet.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    with pytest.raises(RuntimeError, match='vgg16_bn-6c64b313.pth') as e:
+        disc.load_backbone('vgg16_bn')
+    assert str(tmp_path) in str(e.value)
+
+
+def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    for name, path in backbone_files.items():  # as a user places the public files in the cache
+        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
+    monkeypatch.setenv('D2O_CACHE', str(cache))
+    state = run_train(tiny, tmp_path / 'pd', '--disc', 'projected', '--batch', '2', '--kimg', '0.004')
+    heads_cond = 8 * (63 * 16 * 512 + 4 * 64)  # 8 heads: a 64-d output conv and a 4-class embedding instead of 1 logit
+    assert f'D: ProjectedD on vgg16_bn + efficientnet_lite0, {20662656 + heads_cond:,} trainable' in capsys.readouterr().out
+    init = {k: fixture_weight('features.' + k.split('features.')[1], list(v.shape), v.dtype)
+            for k, v in state['D'].items() if 'nets.vgg16_bn.features.' in k}
+    assert init and all(torch.equal(state['D'][k], v) for k, v in init.items())  # frozen backbone unchanged

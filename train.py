@@ -68,7 +68,8 @@ p.add_argument('--lr-rampup', type=float, default=None, help='linear lr warm-up 
 p.add_argument('--r1-gamma', type=float, default=None, help='R1 weight on real images (batch-mean losses)')
 p.add_argument('--ema', type=float, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 p.add_argument('--ema-rampup', type=float, default=0.05, help='EMA half-life at most this fraction of images seen')
-p.add_argument('--disc', default='resnet', choices=['resnet'], help='discriminator')
+p.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'],
+               help='projected: the official D on pretrained backbones; auto: projected for the official presets when its weight files are in the cache, else resnet')
 p.add_argument('--dwidth', type=int, default=None, help='ResNet D channels at full resolution')
 p.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G compute (default: bf16 on CUDA, fp32 on CPU)')
 p.add_argument('--seed', type=int, default=0, help='seed for initialisation, data order and noise')
@@ -196,8 +197,17 @@ def main(argv=None):
         G = net  # the denoiser itself is trained
     else:
         G = unet.D2OGenerator(without_augment(net))
+        pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG for 32x32, DeiT for 64x64
+        if a.disc == 'auto':
+            a.disc = 'projected' if a.data in PRESETS and a.data != 'toy' and disc.backbones_available(pair) else 'resnet'
         torch.manual_seed(a.seed)
-        D = disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, a.dwidth).to(device)
+        try:
+            D = disc.ProjectedD(pair, dataset.label_dim, seed=a.seed) if a.disc == 'projected' else \
+                disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, a.dwidth)
+        except RuntimeError as e:
+            sys.exit(f'error: {e}')
+        D = D.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
+        d_params = [q for q in D.parameters() if q.requires_grad]  # the projected D's backbones stay frozen
     frozen, total = freezing.freeze(G, a.freeze, verbose=rank == 0)
     G.to(device)
     G_ema = unet.D2OGenerator(type(net)(**G.init_kwargs)) if not edm else type(net)(**net.init_kwargs)
@@ -211,7 +221,7 @@ def main(argv=None):
     else:
         opt_G = torch.optim.Adam(trainable, lr=a.lr, betas=(0.0, 0.99), eps=1e-8)
         c = R1_INTERVAL / (R1_INTERVAL + 1)  # lazy-regularisation correction of lr and beta2
-        opt_D = torch.optim.Adam(D.parameters(), lr=a.dlr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+        opt_D = torch.optim.Adam(d_params, lr=a.dlr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
         D_ddp = ddp(DObjective(D))
     amp = a.precision != 'fp32'
     amp_dtype = torch.bfloat16 if a.precision == 'bf16' else torch.float16
@@ -231,7 +241,8 @@ def main(argv=None):
     os.makedirs(a.rundir, exist_ok=True) if rank == 0 else None
     log(f'{"EDM pretraining" if edm else "D2O" + ("-F" if a.freeze == 1 else "")} of {source} on {path} '
         f'({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
-    log(f'G: {total:,} parameters, {total - frozen:,} trainable; ' + ('' if edm else f'D: ResNetD width {a.dwidth}, {unet.num_params(D):,} parameters; ')
+    d_desc = f'ProjectedD on {" + ".join(pair)}' if not edm and a.disc == 'projected' else f'ResNetD width {a.dwidth}'
+    log(f'G: {total:,} parameters, {total - frozen:,} trainable; ' + ('' if edm else f'D: {d_desc}, {sum(q.numel() for q in d_params):,} trainable parameters; ')
         + f'batch {a.batch} = {world} GPU(s) x {accum} x {a.batch_gpu}; {a.precision} on {device.type}; run dir {a.rundir}')
     if rank == 0:
         with open(os.path.join(a.rundir, 'options.json'), 'w') as f:
@@ -316,23 +327,25 @@ def main(argv=None):
                     add(stats, 'loss_edm', step(opt_G, G_ddp, trainable, lambda s: edm_loss(G_ddp, x[s], cs(s), sigma[s], noise[s]), 'G'))
             else:
                 z_g, z_d = torch.randn(shape, device=device), torch.randn(shape, device=device)
-                D.requires_grad_(False)
+                for q in d_params:
+                    q.requires_grad_(False)
 
                 def g_micro(s):
                     with autocast():
                         fake = G_ddp(z_g[s], cs(s))
                     return g_loss(D(fake.float(), cs(s)))
                 add(stats, 'loss_G', step(opt_G, G_ddp, trainable, g_micro, 'G'))
-                D.requires_grad_(True)
+                for q in d_params:
+                    q.requires_grad_(True)
 
                 def d_micro(s):
                     with torch.no_grad(), autocast():
                         fake = G(z_d[s], cs(s))
                     return D_ddp(x[s], fake.float(), cs(s))
-                add(stats, 'loss_D', step(opt_D, D_ddp, list(D.parameters()), d_micro, 'D'))
+                add(stats, 'loss_D', step(opt_D, D_ddp, d_params, d_micro, 'D'))
                 if it > 0 and it % R1_INTERVAL == 0:  # lazy R1, weighted by the interval
                     r1 = lambda s: D_ddp(x[s], None, cs(s), r1_weight=R1_INTERVAL * a.r1_gamma / 2)
-                    add(stats, 'loss_R1', step(opt_D, D_ddp, list(D.parameters()), r1, 'R1'))
+                    add(stats, 'loss_R1', step(opt_D, D_ddp, d_params, r1, 'R1'))
 
             # EMA with half-life in images, at most ema_rampup of the images seen (before this batch).
             h = min(a.ema * 1000, a.ema_rampup * nimg) if a.ema_rampup else a.ema * 1000
