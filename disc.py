@@ -360,6 +360,7 @@ class ProjectedD(torch.nn.Module):
             mean, std = BACKBONES[n][2:]
             self.register_buffer(f'mean_{n}', torch.tensor(mean).reshape(1, 3, 1, 1))
             self.register_buffer(f'std_{n}', torch.tensor(std).reshape(1, 3, 1, 1))
+        self.train()  # puts the feature networks in eval mode from the start
 
     def train(self, mode=True):
         super().train(mode)
