@@ -42,7 +42,7 @@ PRESETS = {
     'afhqv2-64':    dict(data='datasets/afhqv2-64x64.zip', cond=False, init='edm-afhqv2-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'ffhq-64':      dict(data='datasets/ffhq-64x64.zip', cond=False, init='edm-ffhq-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'imagenet64':   dict(data='datasets/imagenet-64x64.zip', cond=True, init='edm-imagenet-64x64-cond-adm', lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=2e-4, batch=64, kimg=24, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=1e-4, batch=64, kimg=24, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
 # Architectures for --init random when the init source is not a file (the toy teacher's, an official one's).
 ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
@@ -50,6 +50,7 @@ ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, l
                      encoder_type='standard', decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1])}
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
 R1_INTERVAL = 16
+RESNET_DLR = 2e-3  # the ResNet D has equalized-lr layers, which train at StyleGAN2's lr scale (the presets' dlr is for the projected D)
 
 p = argparse.ArgumentParser(description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.')
 p.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
@@ -156,10 +157,10 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     log = print if rank == 0 else (lambda *args, **kw: None)
 
-    preset = dict(PRESETS.get(a.data, dict(data=a.data, init=None, lr=2e-4, dlr=2e-4, batch=64, kimg=1000, r1_gamma=0.1, ema=500)))
+    preset = dict(PRESETS.get(a.data, dict(data=a.data, init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=0.1, ema=500)))
     edm = a.loss == 'edm'
     defaults = dict(init=preset['init'], batch=preset['batch'], kimg=preset['kimg'], lr=EDM_LOSS['lr'] if edm else preset['lr'],
-                    dlr=preset['dlr'], lr_rampup=EDM_LOSS['lr_rampup'] if edm else 0, r1_gamma=preset['r1_gamma'],
+                    lr_rampup=EDM_LOSS['lr_rampup'] if edm else 0, r1_gamma=preset['r1_gamma'],
                     ema=EDM_LOSS['ema'] if edm else preset['ema'], dwidth=preset.get('dwidth', 64),
                     precision='bf16' if device.type == 'cuda' else 'fp32', tick=max(preset['kimg'] / 20, 1), snap=preset['kimg'] / 4,
                     fid_num=preset.get('fid_num', 5000), fid_ref=preset.get('fid_ref', 50000))
@@ -200,6 +201,8 @@ def main(argv=None):
         pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG for 32x32, DeiT for 64x64
         if a.disc == 'auto':
             a.disc = 'projected' if a.data in PRESETS and a.data != 'toy' and disc.backbones_available(pair) else 'resnet'
+        if a.dlr is None:
+            a.dlr = RESNET_DLR if a.disc == 'resnet' else preset['dlr']
         torch.manual_seed(a.seed)
         try:
             D = disc.ProjectedD(pair, dataset.label_dim, seed=a.seed) if a.disc == 'projected' else \
