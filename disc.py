@@ -21,7 +21,6 @@ import argparse
 import math
 import os
 import time
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F

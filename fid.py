@@ -18,7 +18,6 @@ FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm, real part
 """
 
 import argparse
-import glob
 import importlib.util
 import io
 import os
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import data
+import sample
 import unet
 
 DETECTOR_URL = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
@@ -393,6 +393,31 @@ def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, se
         if world > 1:
             torch.distributed.barrier()
     return (*load_ref(cache), f'{n} images of {path}')
+
+class LoopFID:
+    """FID during training (train.py): `num` generated images vs the statistics of `ref_num` images of the training
+    set. Without a detector it is off and says why; `history` holds (kimg, FID)."""
+    def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print):
+        self.history, self.num, self.device, self.rank, self.world = [], num, device, rank, world
+        try:
+            self.detector, self.off = load_detector(device=device), None
+        except (RuntimeError, ValueError) as e:  # no usable detector file: train without FID
+            self.off = str(e)
+            log(f'FID off: {e}')
+            return
+        self.ref_mu, self.ref_sigma, self.ref_desc = dataset_stats(path, dataset, self.detector, device, rank, world, ref_num)
+
+    def __call__(self, method, kimg):
+        """method(seeds, device) -> (images in [-1,1], labels), e.g. a sample.Sampler."""
+        if self.off:
+            return None
+        stats = Stats()
+        for batch in sample.rank_batches(list(range(self.num)), 50, self.rank, self.world):
+            if batch:
+                stats.add(self.detector(sample.quantize(method(batch, self.device)[0])))
+        value = frechet_distance(*stats.result(self.world), self.ref_mu, self.ref_sigma)
+        self.history.append((kimg, value))
+        return value
 
 # ----------------------------------------------------------------------------------------------------------------
 # Frequency analysis: radially averaged power spectra (the D2O paper's frequency argument).

@@ -696,3 +696,124 @@ def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, 
     init = {k: fixture_weight('features.' + k.split('features.')[1], list(v.shape), v.dtype)
             for k, v in state['D'].items() if 'nets.vgg16_bn.features.' in k}
     assert init and all(torch.equal(state['D'][k], v) for k, v in init.items())  # frozen backbone unchanged
+
+# ---------------------------------------------------------------------------------------------------------------
+# data.py and the toy world
+
+import tarfile
+
+from PIL import Image
+
+
+def test_data_toy_deterministic_and_roundtrip(tmp_path):
+    a = data.make_toy(str(tmp_path / 'a.zip'), n=40, resolution=16, seed=3)
+    b = data.make_toy(str(tmp_path / 'b.zip'), n=40, resolution=16, seed=3)
+    c = data.make_toy(str(tmp_path / 'c.zip'), n=40, resolution=16, seed=4)
+    assert open(a, 'rb').read() == open(b, 'rb').read() != open(c, 'rb').read()
+    images, labels = data.toy_world(40, 16, 3)
+    ds = data.ImageDataset(a)
+    assert (len(ds), ds.resolution, ds.num_channels, ds.label_dim) == (40, 16, 3, 4)
+    x, y = ds.batch(range(40))
+    assert np.array_equal(x, np.stack(images).transpose(0, 3, 1, 2)) and np.array_equal(y.argmax(1), labels)
+    with zipfile.ZipFile(a) as z:
+        assert z.namelist()[:2] == ['00000/img00000000.png', '00000/img00000001.png']
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+        assert json.loads(z.read('dataset.json'))['labels'][1] == ['00000/img00000001.png', labels[1]]
+
+
+def test_data_sampler_ranks_and_resume():
+    s = data.InfiniteSampler(10, seed=0)
+    full = s.indices(0, 8) + s.indices(8, 8)  # two global batches, crossing an epoch
+    assert sorted(full[:10]) == list(range(10))
+    for nimg in (0, 8):  # rank r of 2 takes its half of each global batch
+        ranks = [data.InfiniteSampler(10, seed=0).indices(nimg, 8, r, 2) for r in range(2)]
+        assert ranks[0] + ranks[1] == full[nimg:nimg + 8]
+    assert not set(full[:4]) & set(full[4:8])  # disjoint within an epoch
+    assert data.InfiniteSampler(10, seed=0).indices(8, 8) == full[8:]  # resuming from nimg continues the stream
+
+
+def _cifar_tarball(path, n_per_batch=3):
+    rng = np.random.RandomState(0)
+    batches = []
+    with tarfile.open(path, 'w:gz') as tar:
+        for b in range(1, 6):
+            d = {b'data': rng.randint(0, 256, (n_per_batch, 3072), dtype=np.uint8), b'labels': list(rng.randint(0, 10, n_per_batch))}
+            batches.append(d)
+            blob = pickle.dumps(d)
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return batches
+
+
+def test_data_convert_cifar_and_folder(tmp_path):
+    batches = _cifar_tarball(tmp_path / 'cifar-10-python.tar.gz')
+    dest = str(tmp_path / 'cifar.zip')
+    data.convert(str(tmp_path / 'cifar-10-python.tar.gz'), dest)
+    ds = data.ImageDataset(dest)
+    assert len(ds) == 15 and ds.resolution == 32 and ds.names[14] == '00000/img00000014.png'
+    assert np.array_equal(ds.image(4), batches[1][b'data'][1].reshape(3, 32, 32))
+    assert int(ds.labels[4]) == batches[1][b'labels'][1]
+    # Image folder: labels from top-level folder names, center-crop + resize.
+    rng = np.random.RandomState(1)
+    for cls in ('cat', 'dog'):
+        os.makedirs(tmp_path / 'imgs' / cls)
+        for i in range(2):
+            Image.fromarray(rng.randint(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / 'imgs' / cls / f'{i}.png')
+    data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'f.zip'), resolution=8, transform='center-crop')
+    ds = data.ImageDataset(str(tmp_path / 'f.zip'))
+    assert len(ds) == 4 and ds.resolution == 8 and list(ds.labels) == [0, 0, 1, 1]
+    with pytest.raises(data.DatasetError, match='center-crop'):
+        data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'g.zip'), resolution=8)
+    assert not (tmp_path / 'g.zip').exists() and not list(tmp_path.glob('*.tmp'))  # nothing half-written
+
+
+def test_data_bad_datasets(tmp_path):
+    good = data.make_toy(str(tmp_path / 'good.zip'), n=12, resolution=8)
+    blob = open(good, 'rb').read()
+    (tmp_path / 'cut.zip').write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(data.DatasetError, match='cut.zip.*truncated or corrupt'):
+        data.ImageDataset(str(tmp_path / 'cut.zip'))
+
+    def rewrite(name, edit):
+        out = tmp_path / name
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, 'w') as dst:
+            for item in src.infolist():
+                content = edit(item.filename, src.read(item.filename))
+                if content is not None:
+                    dst.writestr(item.filename, content)
+        return str(out)
+    corrupt = rewrite('corrupt.zip', lambda n, b: b[:40] if n == '00000/img00000005.png' else b)
+    with pytest.raises(data.DatasetError, match='img00000005.png'):
+        data.ImageDataset(corrupt).batch(range(12))
+    small = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(small, format='png')
+    mixed = rewrite('mixed.zip', lambda n, b: small.getvalue() if n == '00000/img00000003.png' else b)
+    with pytest.raises(data.DatasetError, match=r'img00000003.png has shape \[3, 4, 4\]'):
+        data.ImageDataset(mixed).batch(range(12))
+    missing = rewrite('missing.zip', lambda n, b: None if n == '00000/img00000007.png' else b)
+    with pytest.raises(data.DatasetError, match='not in the dataset, e.g. 00000/img00000007.png'):
+        data.ImageDataset(missing)
+    with pytest.raises(data.DatasetError, match='16x16 was asked for'):
+        data.ImageDataset(good, resolution=16)
+
+
+def test_main_command_smoke(tmp_path):
+    """`python train.py` (the toy D2O run from the committed teacher), shortened to a few iterations."""
+    teacher = os.path.join(HERE, 'assets', 'toy-edm.pt')
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), '--init', teacher, '--kimg', '0.256', '--tick', '0.128',
+                        '--snap', '0.128', '--fid-num', '16', '--fid-ref', '32'], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / 'runs' / 'toy-16x16-d2o'
+    assert {'metrics.jsonl', 'grid-000000.png', 'network-snapshot-000000.pt', 'options.json'} <= set(os.listdir(run))
+    assert len(list(run.glob('training-state-*.pt'))) == 1 and (tmp_path / 'datasets' / 'toy-16x16.zip').exists()
+    lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
+    assert lines[-1]['kimg'] == 0.256 and 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
+    net, meta = unet.read_checkpoint(str(run / 'network-snapshot-000000.pt'))
+    assert meta['kind'] == 'generator' and meta['kimg'] == 0.256
+    if _bundled_detector():
+        assert "FID of 16 generated images vs 32 images of datasets/toy-16x16.zip: before (0 kimg, the teacher's raw one-step output" in r.stdout
+        assert (run / 'network-best.pt').exists() and lines[-1]['fid'] > 0
+    else:
+        assert 'FID skipped' in r.stdout

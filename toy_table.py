@@ -13,11 +13,9 @@ Outputs go to --out (table.md, grids, spectrum.csv/png, the runs).
 """
 
 import argparse
-import json
 import os
 import time
 
-import numpy as np
 import torch
 
 import data

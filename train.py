@@ -15,6 +15,7 @@ same command again continues exactly from the newest state.
 
 import argparse
 import contextlib
+import copy
 import glob
 import json
 import math
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 import data
 import disc
+import fid as fidlib
 import freeze as freezing
 import sample
 import unet
@@ -213,9 +215,7 @@ def main(argv=None):
         d_params = [q for q in D.parameters() if q.requires_grad]  # the projected D's backbones stay frozen
     frozen, total = freezing.freeze(G, a.freeze, verbose=rank == 0)
     G.to(device)
-    G_ema = unet.D2OGenerator(type(net)(**G.init_kwargs)) if not edm else type(net)(**net.init_kwargs)
-    G_ema.load_state_dict(G.state_dict())
-    G_ema = G_ema.to(device).eval().requires_grad_(False)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     trainable = [p for p in G.parameters() if p.requires_grad]
     ddp = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=[device] if device.type == 'cuda' else None) if world > 1 else m
     G_ddp = ddp(G)
@@ -241,7 +241,8 @@ def main(argv=None):
             D.load_state_dict(s['D']), opt_D.load_state_dict(s['opt_D'])
         nimg, it = s['nimg'], s['it']
         log(f'resumed from {state_path} at {nimg / 1000:.1f} kimg')
-    os.makedirs(a.rundir, exist_ok=True) if rank == 0 else None
+    if rank == 0:
+        os.makedirs(a.rundir, exist_ok=True)
     log(f'{"EDM pretraining" if edm else "D2O" + ("-F" if a.freeze == 1 else "")} of {source} on {path} '
         f'({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
     d_desc = f'ProjectedD on {" + ".join(pair)}' if not edm and a.disc == 'projected' else f'ResNetD width {a.dwidth}'
@@ -253,7 +254,7 @@ def main(argv=None):
 
     sampler = data.InfiniteSampler(len(dataset), a.seed)
     grid_seeds = list(range(64))
-    fid = FID(a, dataset, path, device, rank, world, log) if a.fid_num else None
+    fid = fidlib.LoopFID(path, dataset, a.fid_num, a.fid_ref, device, rank, world, log) if a.fid_num else None
 
     crossed = lambda every: nimg // int(every * 1000) > (nimg - a.batch) // int(every * 1000)
 
@@ -269,8 +270,10 @@ def main(argv=None):
             return fid_value
         images = torch.cat([sample.quantize(method(grid_seeds[i:i + 16], device)[0]).cpu() for i in range(0, 64, 16)])
         sample.save_grid(images, os.path.join(a.rundir, f'grid-{kimg:06d}.png'), cols=8)
-        unet.save_checkpoint(os.path.join(a.rundir, f'network-snapshot-{kimg:06d}.pt'), G_ema, kind=kind, trained_from=source,
-                             data=path, kimg=nimg / 1000, freeze=a.freeze, loss=a.loss, fid=fid_value, fid_num=a.fid_num)
+        meta = dict(kind=kind, trained_from=source, data=path, kimg=nimg / 1000, freeze=a.freeze, loss=a.loss, fid=fid_value, fid_num=a.fid_num)
+        unet.save_checkpoint(os.path.join(a.rundir, f'network-snapshot-{kimg:06d}.pt'), G_ema, **meta)
+        if fid_value is not None and fid_value <= min(v for _, v in fid.history):  # the official code picks this by hand
+            unet.save_checkpoint(os.path.join(a.rundir, 'network-best.pt'), G_ema, **meta)
         state = dict(G=G.state_dict(), G_ema=G_ema.state_dict(), opt_G=opt_G.state_dict(), scaler=scaler.state_dict(),
                      nimg=nimg, it=it, args=json.loads(json.dumps(vars(a))))
         if not edm:
@@ -326,8 +329,11 @@ def main(argv=None):
                     g['lr'] = lr
                 sigma = (torch.randn([per_gpu, 1, 1, 1], device=device) * 1.2 - 1.2).exp()  # ln sigma ~ N(-1.2, 1.2^2)
                 noise = torch.randn(shape, device=device)
-                with autocast():
-                    add(stats, 'loss_edm', step(opt_G, G_ddp, trainable, lambda s: edm_loss(G_ddp, x[s], cs(s), sigma[s], noise[s]), 'G'))
+
+                def edm_micro(s):
+                    with autocast():
+                        return edm_loss(G_ddp, x[s], cs(s), sigma[s], noise[s])
+                add(stats, 'loss_edm', step(opt_G, G_ddp, trainable, edm_micro, 'G'))
             else:
                 z_g, z_d = torch.randn(shape, device=device), torch.randn(shape, device=device)
                 for q in d_params:
@@ -370,7 +376,7 @@ def main(argv=None):
                 eta = (a.kimg * 1000 - nimg) / 1000 * sec_per_kimg
                 log(f'kimg {nimg / 1000:8.1f}  it {it:6d}  sec/kimg {sec_per_kimg:7.2f}  img/s {line["img_per_s"]:7.1f}  '
                     + '  '.join(f'{k} {v:.4f}' for k, v in line.items() if k.startswith('loss'))
-                    + f'  mem {mem:.2f}GB  eta {eta / 60:.1f}min', flush=True)
+                    + f'  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min', flush=True)
                 if snap:
                     line['fid'] = snapshot(final=done)
                 if rank == 0:
@@ -383,9 +389,14 @@ def main(argv=None):
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-    if fid and fid.history:
-        log('FID (' + f'{a.fid_num} generated vs {fid.ref_desc}): '
-            + ', '.join(f'{k:.1f} kimg {v:.2f}' for k, v in fid.history) + f'; best {min(v for _, v in fid.history):.2f}')
+    if fid and fid.off:
+        log(f'FID skipped: {fid.off}')
+    elif fid and fid.history:
+        first, last = fid.history[0], fid.history[-1]
+        best = min(fid.history, key=lambda kv: kv[1])
+        what = "the teacher's raw one-step output D(80z; 80)" if not edm and first[0] == 0 else 'the network'
+        log(f'FID of {a.fid_num} generated images vs {fid.ref_desc}: before ({first[0]:g} kimg, {what}) {first[1]:.2f}; '
+            f'after ({last[0]:g} kimg) {last[1]:.2f}; best {best[1]:.2f} at {best[0]:g} kimg')
     log(f'done: {nimg / 1000:.1f} kimg in {a.rundir}')
 
 
@@ -402,34 +413,6 @@ def check_ranks_agree(modules, log):
 
 def add(stats, key, value):
     stats.setdefault(key, []).append(value)
-
-
-class FID:
-    """In-loop FID through fid.py (when its detector is available): generated images vs the dataset's statistics."""
-    def __init__(self, a, dataset, path, device, rank, world, log):
-        self.history, self.num, self.device, self.rank, self.world, self.log = [], a.fid_num, device, rank, world, log
-        try:
-            import fid as fidlib
-            self.lib, self.detector = fidlib, fidlib.load_detector(device=device)
-        except Exception as e:  # no detector file: say how to get one, train without FID
-            self.lib = None
-            log(f'FID off: {e}')
-            return
-        self.ref_mu, self.ref_sigma, self.ref_desc = fidlib.dataset_stats(path, dataset, self.detector, device, rank, world, a.fid_ref)
-
-    def __call__(self, method, kimg):
-        if self.lib is None:
-            return None
-        seeds = list(range(self.num))
-        feats = self.lib.Stats(2048)
-        for batch in sample.rank_batches(seeds, 50, self.rank, self.world):
-            if batch:
-                images = sample.quantize(method(batch, self.device)[0])
-                feats.add(self.detector(images).double())
-        mu, sigma = feats.result(self.world)
-        value = self.lib.frechet_distance(mu, sigma, self.ref_mu, self.ref_sigma)
-        self.history.append((kimg, value))
-        return value
 
 
 if __name__ == '__main__':
