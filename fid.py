@@ -433,6 +433,15 @@ def radial_spectrum(images):
     return np.array([p[rad == k].mean().item() for k in range(r // 2 + 1)])
 
 
+def write_spectra(curves, dest):
+    """curves {label: array} -> DEST.csv (one column per label) and DEST.png."""
+    with open(dest + '.csv', 'w') as f:
+        f.write('radius,' + ','.join(curves) + '\n')
+        for k in range(len(next(iter(curves.values())))):
+            f.write(f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n')
+    plot_spectra(curves, dest + '.png')
+
+
 def plot_spectra(curves, path, size=(480, 320)):
     """A log-power vs frequency line plot drawn with pillow. curves: {label: array}."""
     w, h = size
@@ -482,11 +491,7 @@ def main():
         for path in a.images:
             src = ImageSource(path)
             curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(a.num, src.n))))
-        with open(a.dest + '.csv', 'w') as f:
-            f.write('radius,' + ','.join(curves) + '\n')
-            for k in range(len(next(iter(curves.values())))):
-                f.write(f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n')
-        plot_spectra(curves, a.dest + '.png')
+        write_spectra(curves, a.dest)
         print(f'wrote {a.dest}.csv and {a.dest}.png')
         return
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))

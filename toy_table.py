@@ -51,44 +51,36 @@ def main():
         train.main(args)
         runs[key] = (sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1], time.time() - t)
     teacher = unet.load_edm(a.teacher)
-    _, total = freeze.freeze(unet.D2OGenerator(train.without_augment(teacher)), 1, verbose=False)
-    frozen_pct = 100 * freeze.freeze(unet.D2OGenerator(train.without_augment(unet.load_edm(a.teacher))), 1, verbose=False)[0] / total
+    frozen, total = freeze.freeze(unet.D2OGenerator(unet.load_edm(a.teacher)), 1, verbose=False)
+    snapshot = lambda key: sample.load_sampler(os.path.join(a.out, key, runs[key][0]))[0]
+    rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
+            ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw')),
+            ('d2o', 'D2O, one step', snapshot('d2o')),
+            ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', snapshot('d2o-f')),
+            ('random', 'same GAN from random init, one step', snapshot('random'))]
+    rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
 
     seeds = list(range(a.num))
-    samplers = {'teacher, Heun 18 steps (35 NFE)': sample.Sampler(teacher, 'heun', num_steps=18),
-                'teacher, raw one-step D(80z; 80)': sample.Sampler(teacher, 'raw'),
-                'D2O, one step': sample.load_sampler(os.path.join(a.out, 'd2o', runs['d2o'][0]))[0],
-                f'D2O-F ({frozen_pct:.1f}% frozen), one step': sample.load_sampler(os.path.join(a.out, 'd2o-f', runs['d2o-f'][0]))[0],
-                'same GAN from random init, one step': sample.load_sampler(os.path.join(a.out, 'random', runs['random'][0]))[0]}
-    for k in (2, 4, 6, 8, 10):
-        samplers[f'teacher, Heun {k} steps ({2 * k - 1} NFE)'] = sample.Sampler(teacher, 'heun', num_steps=k)
     images, stats = {}, {}
-    for name, s in samplers.items():
+    for slug, name, s in rows:
         x = torch.cat([sample.quantize(s(seeds[i:i + 100], 'cpu')[0]) for i in range(0, len(seeds), 100)])
-        images[name] = x
-        stats[name] = fid.image_stats([x[i:i + 50] for i in range(0, len(x), 50)], detector, 'cpu')
-        slug = name.split(',')[0].split(' (')[0].replace(' ', '-').lower() + ('-' + name.split(', ')[1].split(' ')[1] if 'Heun' in name else '')
+        images[slug] = x
+        stats[slug] = fid.image_stats([x[i:i + 50] for i in range(0, len(x), 50)], detector, 'cpu')
         sample.save_grid(x[:64], os.path.join(a.out, f'grid-{slug}.png'), cols=8)
-        print(f'{name}: FID {fid.frechet_distance(*stats[name], *ref):.1f}', flush=True)
+        print(f'{name}: FID {fid.frechet_distance(*stats[slug], *ref):.1f}', flush=True)
 
-    d2o = 'D2O, one step'
-    rows = ['| samples | NFE | FID to data | FID to D2O |', '|---|---|---|---|']
-    for name in samplers:
-        nfe = samplers[name].nfe
-        to_d2o = '' if name == d2o else f'{fid.frechet_distance(*stats[name], *stats[d2o]):.1f}'
-        rows.append(f'| {name} | {nfe} | {fid.frechet_distance(*stats[name], *ref):.1f} | {to_d2o} |')
+    table = ['| samples | NFE | FID to data | FID to D2O | grid |', '|---|---|---|---|---|']
+    for slug, name, s in rows:
+        to_d2o = '' if slug == 'd2o' else f'{fid.frechet_distance(*stats[slug], *stats["d2o"]):.1f}'
+        table.append(f'| {name} | {s.nfe} | {fid.frechet_distance(*stats[slug], *ref):.1f} | {to_d2o} | grid-{slug}.png |')
 
     real = dataset.batch(range(a.num))[0]
-    curves = {'real': fid.radial_spectrum(real), 'raw one-step': fid.radial_spectrum(images['teacher, raw one-step D(80z; 80)']),
-              'D2O': fid.radial_spectrum(images[d2o]), 'Heun 18': fid.radial_spectrum(images['teacher, Heun 18 steps (35 NFE)'])}
-    with open(os.path.join(a.out, 'spectrum.csv'), 'w') as f:
-        f.write('radius,' + ','.join(curves) + '\n')
-        for k in range(len(curves['real'])):
-            f.write(f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n')
-    fid.plot_spectra(curves, os.path.join(a.out, 'spectrum.png'))
+    curves = {'real': fid.radial_spectrum(real), 'raw one-step': fid.radial_spectrum(images['raw']),
+              'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
+    fid.write_spectra(curves, os.path.join(a.out, 'spectrum'))
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
     text = '\n'.join([f'Toy replication: {a.kimg:g} kimg per GAN run, FID of {a.num} samples vs {a.ref_num} real images.', '',
-                      *rows, '', 'High-frequency share of spectral power (radius >= R/4): '
+                      *table, '', 'High-frequency share of spectral power (radius >= R/4): '
                       + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()), '',
                       'GAN run wall times: ' + ', '.join(f'{k} {t / 60:.1f} min' for k, (_, t) in runs.items())])
     with open(os.path.join(a.out, 'table.md'), 'w') as f:

@@ -44,7 +44,7 @@ PRESETS = {
     'afhqv2-64':    dict(data='datasets/afhqv2-64x64.zip', cond=False, init='edm-afhqv2-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'ffhq-64':      dict(data='datasets/ffhq-64x64.zip', cond=False, init='edm-ffhq-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'imagenet64':   dict(data='datasets/imagenet-64x64.zip', cond=True, init='edm-imagenet-64x64-cond-adm', lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=1e-4, batch=64, kimg=24, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=1e-4, batch=64, kimg=20, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
 # Architectures for --init random when the init source is not a file (the toy teacher's, an official one's).
 ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
