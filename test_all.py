@@ -805,7 +805,7 @@ def test_main_command_smoke(tmp_path):
                         '--snap', '0.128', '--fid-num', '16', '--fid-ref', '32'], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    run = tmp_path / 'runs' / 'toy-16x16-d2o'
+    run = tmp_path / 'runs' / 'toy-d2o'
     assert {'metrics.jsonl', 'grid-000000.png', 'network-snapshot-000000.pt', 'options.json'} <= set(os.listdir(run))
     assert len(list(run.glob('training-state-*.pt'))) == 1 and (tmp_path / 'datasets' / 'toy-16x16.zip').exists()
     lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
