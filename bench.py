@@ -61,10 +61,10 @@ def sampling_rows(net, batch):
     one = timed(lambda: sample.Sampler(unet.D2OGenerator(net), 'generator')(seeds, 'cpu'))
     heun = timed(lambda: sample.Sampler(net, 'heun', num_steps=18)(seeds, 'cpu'), reps=1)
     rows = [('one-step img/s / Heun-18 img/s', f'{heun / one:.1f} ({batch / one:.1f} vs {batch / heun:.2f} img/s)')]
-    bundled = [src for src in fid.detector_sources() if src.endswith('default_1.pt')]
+    bundled = next((src for src in fid.detector_sources() if src.endswith('default_1.pt')), None)  # local, before the URL
     if bundled:
-        det = fid.load_detector(bundled[0])
-        ts = torch.jit.load(bundled[0]).eval()
+        det = fid.load_detector(bundled)
+        ts = torch.jit.load(bundled).eval()
         x = torch.randint(0, 256, (batch, 3, net.img_resolution, net.img_resolution), dtype=torch.uint8)
         with torch.no_grad():
             t_ours = timed(lambda: det(x), reps=2)

@@ -73,7 +73,8 @@ class ImageDataset:
         if labels is None:
             return None
         labels = dict(labels)
-        missing = [n for n in labels if n not in set(self.names)]
+        present = set(self.names)  # once: ImageNet has 1.28M names
+        missing = [n for n in labels if n not in present]
         if missing:
             raise DatasetError(f'{self.path}: dataset.json labels {len(missing)} files that are not in the dataset, '
                                f'e.g. {missing[0]}')
@@ -183,13 +184,25 @@ def _resize(img, resolution, transform):
     return np.asarray(pil)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles of plain arrays: allow only what those need, so a crafted file cannot run code."""
+    ALLOWED = {(m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')} | \
+              {('numpy', 'ndarray'), ('numpy', 'dtype')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise DatasetError(f'refusing {module}.{name} in a CIFAR batch: it holds more than plain arrays, so it is '
+                               f'not the cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html')
+        return super().find_class(module, name)
+
+
 def read_cifar10(source):
     """The 50k training images of cifar-10-python.tar.gz with labels, in data_batch_1..5 order."""
     images, labels = [], []
     with tarfile.open(source, 'r:gz') as tar:
         for b in range(1, 6):
             member = tar.getmember(f'cifar-10-batches-py/data_batch_{b}')
-            d = pickle.load(tar.extractfile(member), encoding='bytes')  # noqa: S301 (CIFAR's own format: plain arrays)
+            d = _ArrayUnpickler(tar.extractfile(member), encoding='bytes').load()
             images.append(np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels += list(d[b'labels'])
     return np.concatenate(images), labels

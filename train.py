@@ -44,7 +44,7 @@ PRESETS = {
     'afhqv2-64':    dict(data='datasets/afhqv2-64x64.zip', cond=False, init='edm-afhqv2-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'ffhq-64':      dict(data='datasets/ffhq-64x64.zip', cond=False, init='edm-ffhq-64x64-uncond-ve', lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'imagenet64':   dict(data='datasets/imagenet-64x64.zip', cond=True, init='edm-imagenet-64x64-cond-adm', lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=1e-4, batch=64, kimg=20, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+    'toy':          dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt', lr=1e-4, dlr=1e-4, batch=16, kimg=12, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
 # Architectures for --init random when the init source is not a file (the toy teacher's, an official one's).
 ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
@@ -264,6 +264,8 @@ def main(argv=None):
         kind = 'denoiser' if edm else 'generator'
         method = sample.Sampler(G_ema, 'heun', num_steps=18) if edm else sample.Sampler(G_ema, 'generator')
         fid_value = fid(method, nimg / 1000) if fid and (final or nimg == 0 or (a.fid_every and crossed(a.fid_every))) else None
+        if fid_value is not None:
+            log(f'FID {fid_value:.2f} at {nimg / 1000:g} kimg ({a.fid_num} images vs {fid.ref_desc})', flush=True)
         if world > 1:
             check_ranks_agree(dict(G=G, D=D) if not edm else dict(G=G), log)
         if rank != 0:
@@ -309,9 +311,9 @@ def main(argv=None):
         return total_loss.item()
 
     # ---------------------------------------------------------------- the loop
-    stats, tick_start, tick_nimg, t_start = {}, time.time(), nimg, time.time()
     if nimg == 0:
-        snapshot()
+        snapshot()  # the starting point: grid, checkpoint and FID of the initial G
+    stats, tick_start, tick_nimg, t_start = {}, time.time(), nimg, time.time()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     try:
