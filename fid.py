@@ -411,11 +411,9 @@ class LoopFID:
         """method(seeds, device) -> (images in [-1,1], labels), e.g. a sample.Sampler."""
         if self.off:
             return None
-        stats = Stats()
-        for batch in sample.rank_batches(list(range(self.num)), 50, self.rank, self.world):
-            if batch:
-                stats.add(self.detector(sample.quantize(method(batch, self.device)[0])))
-        value = frechet_distance(*stats.result(self.world), self.ref_mu, self.ref_sigma)
+        batches = [b for b in sample.rank_batches(list(range(self.num)), 50, self.rank, self.world) if b]
+        images = (sample.quantize(method(b, self.device)[0]) for b in batches)
+        value = frechet_distance(*image_stats(images, self.detector, self.device, self.world), self.ref_mu, self.ref_sigma)
         self.history.append((kimg, value))
         return value
 
