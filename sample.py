@@ -1,6 +1,6 @@
 """Sampling: one step from D2O generators, EDM's Heun sampler for diffusion teachers, EDM's per-seed latents.
 
-    python sample.py --net runs/toy-d2o/network-snapshot-000012.pt --seeds 0-63 --grid grid.png
+    python sample.py --net runs/toy-d2o/network-snapshot-000012000.pt --seeds 0-63 --grid grid.png
     python sample.py --net edm-cifar10-32x32-cond-vp --seeds 0-49999 --outdir out/edm --subdirs   # Heun, 18 steps
     python sample.py --net assets/toy-edm.pt --raw --seeds 0-999 --npz raw.npz     # the teacher's D(80z; 80)
     torchrun --standalone --nproc_per_node=8 sample.py --net ... --seeds 0-49999 --outdir out/x

