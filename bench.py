@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+import ckpt
 import data
 import disc
 import fid
@@ -31,12 +32,12 @@ import sample
 import train
 import unet
 
-p = argparse.ArgumentParser(description='Benchmark the D2O loop.')
-p.add_argument('--arch', default='toy', help='"toy" or an official EDM name (architecture only)')
-p.add_argument('--batch', type=int, default=32, help='batch')
-p.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
-p.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
-p.add_argument('--sampling', action='store_true', help='also time sampling and the FID detector')
+parser = argparse.ArgumentParser(description='Benchmark the D2O loop.')
+parser.add_argument('--arch', default='toy', help='"toy" or an official EDM name (architecture only)')
+parser.add_argument('--batch', type=int, default=32, help='batch')
+parser.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
+parser.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
+parser.add_argument('--sampling', action='store_true', help='also time sampling and the FID detector')
 
 
 def timed(fn, reps=3):
@@ -47,13 +48,13 @@ def timed(fn, reps=3):
     return (time.perf_counter() - t) / reps
 
 
-def loop_seconds_per_iter(root, ckpt, ds, a, level):
+def loop_seconds_per_iter(root, teacher, ds, args, level):
     run = os.path.join(root, f'run-f{level}')
-    kimg = (a.iters + 2) * a.batch / 1000
-    train.main(['--data', ds, '--init', ckpt, '--batch', str(a.batch), '--dwidth', str(a.dwidth), '--kimg', str(kimg),
-                '--tick', str(a.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run])
+    kimg = (args.iters + 2) * args.batch / 1000
+    train.main(['--data', ds, '--init', teacher, '--batch', str(args.batch), '--dwidth', str(args.dwidth), '--kimg', str(kimg),
+                '--tick', str(args.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run])
     ticks = [json.loads(l) for l in open(os.path.join(run, 'metrics.jsonl'))][2:]  # skip warm-up ticks
-    return float(np.median([t['sec_per_kimg'] * a.batch / 1000 for t in ticks]))
+    return float(np.median([t['sec_per_kimg'] * args.batch / 1000 for t in ticks]))
 
 
 def sampling_rows(net, batch):
@@ -74,24 +75,24 @@ def sampling_rows(net, batch):
 
 
 def main():
-    a = p.parse_args()
-    kwargs = train.ARCHS.get(a.arch) or unet.OFFICIAL[a.arch]
+    args = parser.parse_args()
+    kwargs = train.ARCHS.get(args.arch) or unet.OFFICIAL[args.arch]
     torch.manual_seed(0)
     net = unet.EDMPrecond(**dict(kwargs, augment_dim=0, dropout=0.0))
     R, L = net.img_resolution, net.label_dim
     with tempfile.TemporaryDirectory() as root:
         rng = np.random.RandomState(0)
         ds = os.path.join(root, 'data.zip')
-        data.write_dataset(ds, [rng.randint(0, 256, (R, R, 3), dtype=np.uint8) for _ in range(4 * a.batch)],
-                           [i % L for i in range(4 * a.batch)] if L else None)
-        ckpt = os.path.join(root, 'net.pt')
-        unet.save_checkpoint(ckpt, net)
+        data.write_dataset(ds, [rng.randint(0, 256, (R, R, 3), dtype=np.uint8) for _ in range(4 * args.batch)],
+                           [i % L for i in range(4 * args.batch)] if L else None)
+        teacher = os.path.join(root, 'net.pt')
+        ckpt.save_checkpoint(teacher, net)
 
         # Model passes alone.
         G = unet.D2OGenerator(net).train().requires_grad_(True)
-        D = disc.ResNetD(R, 3, L, a.dwidth)
-        z, x = torch.randn(a.batch, 3, R, R), torch.rand(a.batch, 3, R, R) * 2 - 1
-        c = torch.eye(L)[torch.arange(a.batch) % L] if L else None
+        D = disc.ResNetD(R, 3, L, args.dwidth)
+        z, x = torch.randn(args.batch, 3, R, R), torch.rand(args.batch, 3, R, R) * 2 - 1
+        c = torch.eye(L)[torch.arange(args.batch) % L] if L else None
         t_g = timed(lambda: train.g_loss(D(G(z, c), c)).mean().backward())
         with torch.no_grad():
             t_gf = timed(lambda: G(z, c))
@@ -99,7 +100,7 @@ def main():
         passes = t_g + t_gf + t_d
 
         # The loop itself, D2O and D2O-F; optimizer state of G.
-        it = {level: loop_seconds_per_iter(root, ckpt, ds, a, level) for level in (0, 1)}
+        it = {level: loop_seconds_per_iter(root, teacher, ds, args, level) for level in (0, 1)}
         mem = {}
         for level in (0, 1):
             Gl = unet.D2OGenerator(unet.EDMPrecond(**net.init_kwargs)).requires_grad_(True)
@@ -113,16 +114,16 @@ def main():
         ('device / threads', f'{"cuda" if torch.cuda.is_available() else "cpu"} / {torch.get_num_threads()}'),
         ('G parameters', f'{unet.num_params(net):,}'),
         ('D2O iterations/s', f'{1 / it[0]:.2f}'),
-        ('D2O img/s', f'{a.batch / it[0]:.1f}'),
-        ('D2O-F img/s', f'{a.batch / it[1]:.1f}'),
+        ('D2O img/s', f'{args.batch / it[0]:.1f}'),
+        ('D2O-F img/s', f'{args.batch / it[1]:.1f}'),
         ('model passes alone, s/iteration', f'{passes:.3f} (G fwd+bwd {t_g:.3f}, G fwd {t_gf:.3f}, D fwd+bwd x2 {t_d:.3f})'),
         ('loop / model passes (overhead)', f'{it[0] / passes:.2f}'),
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
-    if a.sampling:
-        rows += sampling_rows(net.eval(), a.batch)
-    print(f'\nbench: {a.arch}, batch {a.batch}, {a.iters} iterations per loop run')
+    if args.sampling:
+        rows += sampling_rows(net.eval(), args.batch)
+    print(f'\nbench: {args.arch}, batch {args.batch}, {args.iters} iterations per loop run')
     print('| measure | value |\n|---|---|')
     for k, v in rows:
         print(f'| {k} | {v} |')

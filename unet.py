@@ -1,37 +1,22 @@
-"""EDM's networks, preconditioners and checkpoints, and the D2O one-step generator.
+"""EDM's networks and preconditioners, and the D2O one-step generator.
 
     python unet.py --list                                     # the nine official EDM checkpoints
     python unet.py edm-cifar10-32x32-cond-vp                   # build one (no weights), print its size
-    python unet.py path/or/url/or/name.pkl --load              # load weights safely, print a summary
 
 Public names (other files and users' scripts rely on them):
     SongUNet, DhariwalUNet                     EDM's U-Nets (DDPM++/NCSN++ and ADM), same state_dict keys as EDM
     EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond
                                                net(x, sigma, class_labels=None, augment_labels=None) -> D(x; sigma)
     D2OGenerator(net)                          G(z, class_labels) = one evaluation at sigma = 80 (D2O, eps-shifted)
-    OFFICIAL                                   name -> (url, class name, constructor kwargs) of EDM's releases
+    OFFICIAL, EDM_URL                          name -> constructor kwargs of EDM's nine releases, and where they are
     build_edm(name)                            an official network, randomly initialised, no weights
-    load_edm(src)                              path, URL or official name: EDM .pkl (loaded without executing
-                                               it) or one of our checkpoints; returns our own class, eval mode
-    save_checkpoint(path, net, **meta)         our checkpoint format (plain tensors + JSON-able metadata)
-    read_checkpoint(path) -> (net, meta)       load_edm plus the metadata
-    UnsafePickleError                          raised for anything the safe unpickler refuses
 
+Loading weights (EDM .pkl files without executing them, our own checkpoints) is ckpt.py's job.
 Everything here is written from the EDM paper and a written description of its public code; no EDM code is
 included. Names and numbers (module names, inits, coefficients) follow EDM so official weights load by name.
 """
 
-import hashlib
-import io
-import json
 import math
-import os
-import pickle
-import struct
-import sys
-import urllib.request
-import zipfile
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -480,7 +465,7 @@ class iDDPMPrecond(Precond):
 PRECONDS = dict(EDMPrecond=EDMPrecond, VPPrecond=VPPrecond, VEPrecond=VEPrecond, iDDPMPrecond=iDDPMPrecond)
 
 # ----------------------------------------------------------------------------------------------------------------
-# The D2O one-step generator (spec d2o.md 1.2): G(z, y) = c_skip x + c_out F(c_in x, c_noise, y) with x = 80 z, sigma = 80,
+# The D2O one-step generator (the official D2O code's training/networks.py, D2OPrecond): G(z, y) = c_skip x + c_out F(c_in x, c_noise, y) with x = 80 z, sigma = 80,
 # and the consistency-model eps-shift of c_skip/c_out (eps = 2e-3). It holds the wrapped net's U-Net as `model`, so
 # its state_dict has exactly the `model.*` keys of an EDM network and loads into EDMPrecond unchanged.
 
@@ -505,8 +490,17 @@ class D2OGenerator(torch.nn.Module):
         F_x = self.model(x * self.c_in, c_noise, class_labels=_class_labels(self.label_dim, class_labels, x.device))
         return self.c_skip * x + self.c_out * F_x[:, :self.img_channels].to(torch.float32)
 
+def without_augment(net):
+    """D2O never feeds augment labels: the same network without EDM's augment layer, so that every parameter of the
+    generator is used (DDP requires it)."""
+    if net.model.map_augment is None:
+        return net
+    new = type(net)(**dict(net.init_kwargs, augment_dim=0))
+    new.load_state_dict({k: v for k, v in net.state_dict().items() if 'map_augment' not in k})
+    return new.train()
+
 # ----------------------------------------------------------------------------------------------------------------
-# The nine official EDM checkpoints (all EDMPrecond; 'vp'/'ve' name the DDPM++/NCSN++ architecture, spec edm.md 1.6).
+# The nine official EDM checkpoints (all EDMPrecond; 'vp'/'ve' name the DDPM++/NCSN++ architecture; EDM's README lists them).
 
 EDM_URL = 'https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/'
 DDPMPP = dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
@@ -539,327 +533,20 @@ def build_edm(name):
         raise KeyError(f'unknown EDM network {name!r}; known: {", ".join(OFFICIAL)}')
     return EDMPrecond(**OFFICIAL[name])
 
-# ----------------------------------------------------------------------------------------------------------------
-# Safe loading of EDM's persistence pickles (spec edm.md 6). EDM's own loader exec()s the source code embedded in
-# the file; this one maps a short allow-list of globals to local, side-effect-free functions and refuses the rest.
-
-class UnsafePickleError(pickle.UnpicklingError):
-    pass
-
-
-class PersistentObject:
-    """An EDM `persistent_class` instance, kept as inert data. Its embedded module source is text, never run."""
-    def __init__(self, meta):
-        if not isinstance(meta, dict) or meta.get('type') != 'class' or not isinstance(meta.get('state'), dict):
-            raise UnsafePickleError('malformed EDM persistence record (expected type "class" with a state dict)')
-        self.class_name, self.state = meta.get('class_name'), meta['state']
-        src = meta.get('module_src', '')
-        self.module_src_sha256 = hashlib.sha256(str(src).encode()).hexdigest()
-
-    @property
-    def init_kwargs(self):
-        return self.state.get('_init_kwargs', {})
-
-    def state_dict(self, prefix=''):
-        """nn.Module.state_dict() order: own parameters, own persistent buffers, then children, skipping None."""
-        return _module_state_dict(self.state, prefix)
-
-
-class _ModuleDictStub:
-    """torch.nn.ModuleDict pickles by reference (NEWOBJ + BUILD); keep only its state."""
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _module_state_dict(state, prefix):
-    out = OrderedDict()
-    for name, p in state.get('_parameters', {}).items():
-        if p is not None:
-            out[prefix + name] = p.detach()
-    skip = state.get('_non_persistent_buffers_set', set())
-    for name, b in state.get('_buffers', {}).items():
-        if b is not None and name not in skip:
-            out[prefix + name] = b
-    for name, m in state.get('_modules', {}).items():
-        if m is None:
-            continue
-        if not isinstance(m, (PersistentObject, _ModuleDictStub)):
-            raise UnsafePickleError(f'unexpected object {type(m).__name__} in module tree at {prefix + name}')
-        out.update(_module_state_dict(m.state, prefix + name + '.'))
-    return out
-
-
-class _NumpyDType:
-    """numpy.dtype(str, align, copy) + BUILD(state); numeric kinds only (no object dtypes)."""
-    def __init__(self, spec, align=False, copy=True):
-        self.dtype = np.dtype(str(spec))
-        if self.dtype.kind not in 'biufc':
-            raise UnsafePickleError(f'refused numpy dtype {spec!r} (only numeric dtypes are allowed)')
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) > 1 and state[1] in ('<', '>', '|', '='):
-            self.dtype = self.dtype.newbyteorder(state[1])
-
-
-def _numpy_scalar(dtype, data=None):
-    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
-        raise UnsafePickleError('refused numpy scalar that is not a numeric value')
-    return np.frombuffer(data, dtype=dtype.dtype, count=1)[0].item()
-
-
-_STORAGE_DTYPES = dict(FloatStorage=torch.float32, DoubleStorage=torch.float64, HalfStorage=torch.float16,
-                       BFloat16Storage=torch.bfloat16, LongStorage=torch.int64, IntStorage=torch.int32,
-                       ShortStorage=torch.int16, CharStorage=torch.int8, ByteStorage=torch.uint8, BoolStorage=torch.bool)
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.name, self.dtype = name, _STORAGE_DTYPES[name]
-
-
-class _LegacyUnpickler(pickle.Unpickler):
-    """Reads the inner pickles of a legacy torch.save(storage): only torch.<X>Storage globals."""
-    def find_class(self, module, name):
-        if module == 'torch' and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise UnsafePickleError(f'refused global {module}.{name} inside a tensor storage record')
-
-    def persistent_load(self, pid):
-        if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage' or not isinstance(pid[1], _StorageType)
-                or not isinstance(pid[4], int)):
-            raise UnsafePickleError(f'refused persistent id {pid!r} inside a tensor storage record')
-        return dict(dtype=pid[1].dtype, key=str(pid[2]), numel=pid[4])
-
-
-def _load_storage_bytes(data):
-    """Parse a legacy (non-zip) torch.save of a single storage and return it as a flat tensor."""
-    if not isinstance(data, bytes):
-        raise UnsafePickleError('tensor storage record is not bytes')
-    f = io.BytesIO(data)
-    try:
-        magic, protocol, sys_info = (_LegacyUnpickler(f).load() for _ in range(3))
-        if magic != 0x1950a86a20f9469cfc6c or protocol != 1001 or not sys_info.get('little_endian', False):
-            raise UnsafePickleError('tensor storage record has an unknown header')
-        record = _LegacyUnpickler(f).load()
-        keys = _LegacyUnpickler(f).load()
-    except (EOFError, AttributeError, TypeError, ValueError) as e:
-        raise UnsafePickleError(f'corrupt tensor storage record: {e}') from None
-    if not isinstance(record, dict) or keys != [record['key']]:
-        raise UnsafePickleError('tensor storage record must hold exactly one storage')
-    (count,) = struct.unpack('<q', f.read(8))
-    itemsize = torch.empty([], dtype=record['dtype']).element_size()
-    raw = f.read(count * itemsize)
-    if count != record['numel'] or len(raw) != count * itemsize:
-        raise UnsafePickleError('tensor storage record is truncated or its size does not match')
-    return torch.frombuffer(bytearray(raw), dtype=record['dtype']) if count else torch.empty(0, dtype=record['dtype'])
-
-
-def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    if not isinstance(storage, torch.Tensor) or storage.dim() != 1:
-        raise UnsafePickleError('tensor record does not point at a storage')
-    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
-    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
-        raise UnsafePickleError('tensor record has an invalid size, stride or offset')
-    if all(size):
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= storage.numel():
-            raise UnsafePickleError(f'tensor view of size {list(size)} at offset {offset} reads past the end of its '
-                                    f'storage ({storage.numel()} elements)')
-    return torch.as_strided(storage, size, stride, offset).clone()
-
-
-def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
-    if not isinstance(data, torch.Tensor):
-        raise UnsafePickleError('parameter record does not hold a tensor')
-    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
-
-
-_ALLOWED = {
-    ('torch_utils.persistence', '_reconstruct_persistent_obj'): PersistentObject,
-    ('collections', 'OrderedDict'): OrderedDict,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    ('torch.storage', '_load_from_bytes'): _load_storage_bytes,
-    ('torch.nn.modules.container', 'ModuleDict'): _ModuleDictStub,
-    ('numpy', 'dtype'): _NumpyDType,
-    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,  # numpy >= 2
-    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,   # numpy 1.x (the 2022 official files)
-}
-
-
-class SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        raise UnsafePickleError(f'refused global {module}.{name}: an EDM checkpoint never needs it, and loading it '
-                                f'could run code. This file is not a plain EDM snapshot.')
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f'refused persistent id {pid!r}')
-
-
-def safe_unpickle(f):
-    """Unpickle an EDM snapshot (file object) without executing anything from it."""
-    try:
-        return SafeUnpickler(f).load()
-    except UnsafePickleError:
-        raise
-    except Exception as e:  # a truncated or corrupt file
-        raise pickle.UnpicklingError(f'could not read the pickle ({type(e).__name__}: {e}); is the file complete?') from None
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sources, download cache and our own checkpoint format.
-
-def cache_dir():
-    return os.environ.get('D2O_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'd2o'))
-
-
-def download(url, what='file'):
-    """Download url once into the cache; offline, say where to put the file by hand."""
-    dest = os.path.join(cache_dir(), os.path.basename(url.split('?')[0]))
-    if os.path.isfile(dest):
-        return dest
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f'{dest}.{os.getpid()}.tmp'
-    try:
-        print(f'downloading {url} -> {dest}', file=sys.stderr)
-        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, 'wb') as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-        os.replace(tmp, dest)
-    except Exception as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise RuntimeError(f'could not download the {what} from {url} ({type(e).__name__}: {e}).\n'
-                           f'Download it on a machine with internet and place it at {dest} '
-                           f'(or set D2O_CACHE to the folder that holds it, or pass the local path).') from None
-    return dest
-
-
-def resolve(src, what='checkpoint'):
-    """Local path, URL or official name -> local path."""
-    if os.path.isfile(src):
-        return src
-    if src in OFFICIAL or src.removesuffix('.pkl') in OFFICIAL:
-        return download(EDM_URL + src.removesuffix('.pkl') + '.pkl', what)
-    if src.startswith(('http://', 'https://')):
-        return download(src, what)
-    raise FileNotFoundError(f'{what} {src!r} not found: give a path, a URL, or one of {", ".join(OFFICIAL)}')
-
-
-CKPT_FORMAT = 'd2o-checkpoint-1'
-
-
-def _plain(v):
-    if isinstance(v, (list, tuple)):
-        return [_plain(u) for u in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(u) for k, u in v.items()}
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def save_checkpoint(path, net, **meta):
-    """torch.save of plain tensors + JSON-able metadata, written atomically. Loadable with weights_only=True."""
-    ckpt = dict(format=CKPT_FORMAT, class_name=getattr(net, 'precond', type(net).__name__),
-                init_kwargs=json.loads(json.dumps(_plain(net.init_kwargs))), meta=json.loads(json.dumps(meta)),
-                state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-    atomic_save(ckpt, path)
-
-
-def atomic_write(path, write):
-    """write(file) into PATH.PID.tmp, then rename it to PATH: a crash leaves the old file or the new one, never half of
-    one (a killed write leaves only the .tmp, which train.py removes at start-up)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_save(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def load_verified(path):
-    """torch.load(weights_only=True) of a torch zip after checking the CRC-32 of every member, which torch.load does
-    not do (flipped bytes inside a tensor would load silently). Errors name the file and what is wrong."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f'{path} is not a complete torch file ({e}); was it truncated?') from None
-    if bad is not None:
-        raise ValueError(f'{path} is damaged: {bad} inside it fails its CRC-32 check')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False, which would run the file's code
-        reason = str(e).split('WeightsUnpickler error:')[-1].strip().split('\n')[0]
-        raise UnsafePickleError(f'{path} was refused: {reason} (our files hold only tensors and plain values)') from None
-    except Exception as e:
-        raise ValueError(f'{path} could not be read ({type(e).__name__}: {e})') from None
-
-
-def _build(class_name, init_kwargs, state_dict, src):
-    if class_name not in PRECONDS:
-        raise UnsafePickleError(f'{src}: network class {class_name!r} is not one we can rebuild '
-                                f'(known: {", ".join(PRECONDS)})')
-    kwargs = _plain(dict(init_kwargs))
-    try:
-        net = PRECONDS[class_name](**kwargs)
-        missing = net.load_state_dict(state_dict, strict=False)
-    except TypeError as e:
-        raise ValueError(f'{src}: cannot build {class_name} from the recorded constructor arguments: {e}') from None
-    if missing.missing_keys or missing.unexpected_keys:
-        raise ValueError(f'{src}: weights do not match the architecture: missing {missing.missing_keys[:5]}, '
-                         f'unexpected {missing.unexpected_keys[:5]}')
-    net.load_state_dict(state_dict, strict=True)
-    return net.eval().requires_grad_(False)
-
-
-def read_checkpoint(src):
-    """(net, meta) from a path/URL/official name. meta is {} for EDM pickles, ours otherwise."""
-    path = resolve(src)
-    with open(path, 'rb') as f:
-        head = f.read(4)
-    if head[:2] == b'PK':  # a zip: torch.save, i.e. our own format
-        ckpt = load_verified(path)
-        if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
-            raise ValueError(f'{path}: a torch file, but not a d2o checkpoint (no format {CKPT_FORMAT!r})')
-        return _build(ckpt['class_name'], ckpt['init_kwargs'], ckpt['state_dict'], path), ckpt['meta']
-    with open(path, 'rb') as f:
-        data = safe_unpickle(f)
-    ema = data.get('ema') if isinstance(data, dict) else None
-    if not isinstance(ema, PersistentObject):
-        raise ValueError(f'{path}: not an EDM snapshot (expected a dict with an "ema" network)')
-    return _build(ema.class_name, ema.init_kwargs, ema.state_dict(), path), {}
-
-
-def load_edm(src):
-    """An EDM network (EDM .pkl, loaded without executing it, or our checkpoint): our own class, eval mode."""
-    return read_checkpoint(src)[0]
-
-
 def num_params(net):
     return sum(p.numel() for p in net.parameters())
 
 
 if __name__ == '__main__':
     import argparse
-    p = argparse.ArgumentParser(description='Build or safely load EDM networks.')
-    p.add_argument('src', nargs='?', help='official name, path or URL')
-    p.add_argument('--list', action='store_true', help='list the official checkpoints and their URLs')
-    p.add_argument('--load', action='store_true', help='load weights (downloads official names once)')
-    a = p.parse_args()
-    if a.list or not a.src:
-        for name, kw in OFFICIAL.items():
-            print(f'{name:30s} {kw["model_type"]:13s} {EDM_URL}{name}.pkl')
+    parser = argparse.ArgumentParser(description="Build EDM's networks (python ckpt.py NAME loads their weights).")
+    parser.add_argument('name', nargs='?', help='an official name (see --list)')
+    parser.add_argument('--list', action='store_true', help='list the official checkpoints and their URLs')
+    args = parser.parse_args()
+    if args.list or not args.name:
+        for name, kwargs in OFFICIAL.items():
+            print(f'{name:30s} {kwargs["model_type"]:13s} {EDM_URL}{name}.pkl')
     else:
-        net = load_edm(a.src) if a.load or a.src not in OFFICIAL else build_edm(a.src)
+        net = build_edm(args.name)
         print(f'{type(net).__name__}/{type(net.model).__name__}: {net.img_resolution}x{net.img_resolution}, '
               f'label_dim {net.label_dim}, {num_params(net):,} parameters, {len(net.state_dict())} tensors')

@@ -1,0 +1,436 @@
+"""Checkpoint I/O: safe unpickling, downloads into a cache, atomic writes, our checkpoint format, training states.
+
+    python ckpt.py edm-cifar10-32x32-cond-vp             # download once into the cache, load safely, print a summary
+    python ckpt.py runs/toy-d2o/network-snapshot-000012000.pt
+    python ckpt.py --download URL                        # fetch one file into the cache (verified where it can be)
+
+Public names:
+    SafeUnpickler(file, allow, what)     unpickles only the globals allow(module, name) returns; anything else raises
+                                         UnsafePickleError naming it (EDM pickles, the FID detector, CIFAR batches)
+    read_checkpoint(src) -> (net, meta)  an EDM .pkl (never executed) or our checkpoint, as unet.py's own class
+    load_edm(src)                        read_checkpoint without the metadata
+    save_checkpoint(path, net, **meta)   our format: plain tensors + JSON-able metadata, loadable with weights_only
+    download(url, what), cache_dir()     one download into $D2O_CACHE (default ~/.cache/d2o), SHA-256 checked where
+                                         the file name carries one; offline, the error says where to put the file
+    atomic_write(path, write), atomic_save(obj, path), load_verified(path)
+    newest_state(rundir, log), save_state(...), trim_metrics(path, nimg)     train.py's run directory
+
+Loading an official EDM checkpoint with EDM's own code runs code from the file: its pickles embed the source of
+networks.py and exec it. Here the file is read with an allow-list of globals mapped to local, side-effect-free
+functions; tensors are rebuilt (bounds-checked) from the raw bytes; the embedded source stays inert text.
+"""
+
+import argparse
+import glob
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import struct
+import sys
+import urllib.request
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+import unet
+
+# ----------------------------------------------------------------------------------------------------------------
+# Safe loading of EDM's persistence pickles (EDM's torch_utils/persistence.py writes them). EDM's own loader exec()s the source code embedded in
+# the file; this one maps a short allow-list of globals to local, side-effect-free functions and refuses the rest.
+
+class UnsafePickleError(pickle.UnpicklingError):
+    pass
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles only the globals that allow(module, name) returns (None: refused, naming the global), so a crafted
+    file cannot run code; persistent ids go to persistent(pid), or are refused. Used for EDM snapshots, the
+    TorchScript FID detector (fid.py) and CIFAR-10's batches (data.py)."""
+    def __init__(self, file, allow, what, persistent=None, **kwargs):
+        super().__init__(file, **kwargs)
+        self.allow, self.what, self.persistent = allow, what, persistent
+
+    def find_class(self, module, name):
+        found = self.allow(module, name)
+        if found is None:
+            raise UnsafePickleError(f'refused global {module}.{name} in {self.what}: it is never needed there, and '
+                                    f'loading it could run code')
+        return found
+
+    def persistent_load(self, pid):
+        if self.persistent is None:
+            raise UnsafePickleError(f'refused persistent id {pid!r} in {self.what}')
+        return self.persistent(pid)
+
+
+class PersistentObject:
+    """An EDM `persistent_class` instance, kept as inert data. Its embedded module source is text, never run."""
+    def __init__(self, meta):
+        if not isinstance(meta, dict) or meta.get('type') != 'class' or not isinstance(meta.get('state'), dict):
+            raise UnsafePickleError('malformed EDM persistence record (expected type "class" with a state dict)')
+        self.class_name, self.state = meta.get('class_name'), meta['state']
+        src = meta.get('module_src', '')
+        self.module_src_sha256 = hashlib.sha256(str(src).encode()).hexdigest()
+
+    @property
+    def init_kwargs(self):
+        return self.state.get('_init_kwargs', {})
+
+    def state_dict(self, prefix=''):
+        """nn.Module.state_dict() order: own parameters, own persistent buffers, then children, skipping None."""
+        return _module_state_dict(self.state, prefix)
+
+
+class _ModuleDictStub:
+    """torch.nn.ModuleDict pickles by reference (NEWOBJ + BUILD); keep only its state."""
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _module_state_dict(state, prefix):
+    out = OrderedDict()
+    for name, p in state.get('_parameters', {}).items():
+        if p is not None:
+            out[prefix + name] = p.detach()
+    skip = state.get('_non_persistent_buffers_set', set())
+    for name, b in state.get('_buffers', {}).items():
+        if b is not None and name not in skip:
+            out[prefix + name] = b
+    for name, m in state.get('_modules', {}).items():
+        if m is None:
+            continue
+        if not isinstance(m, (PersistentObject, _ModuleDictStub)):
+            raise UnsafePickleError(f'unexpected object {type(m).__name__} in module tree at {prefix + name}')
+        out.update(_module_state_dict(m.state, prefix + name + '.'))
+    return out
+
+
+class _NumpyDType:
+    """numpy.dtype(str, align, copy) + BUILD(state); numeric kinds only (no object dtypes)."""
+    def __init__(self, spec, align=False, copy=True):
+        self.dtype = np.dtype(str(spec))
+        if self.dtype.kind not in 'biufc':
+            raise UnsafePickleError(f'refused numpy dtype {spec!r} (only numeric dtypes are allowed)')
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ('<', '>', '|', '='):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
+        raise UnsafePickleError('refused numpy scalar that is not a numeric value')
+    return np.frombuffer(data, dtype=dtype.dtype, count=1)[0].item()
+
+
+_STORAGE_DTYPES = dict(FloatStorage=torch.float32, DoubleStorage=torch.float64, HalfStorage=torch.float16,
+                       BFloat16Storage=torch.bfloat16, LongStorage=torch.int64, IntStorage=torch.int32,
+                       ShortStorage=torch.int16, CharStorage=torch.int8, ByteStorage=torch.uint8, BoolStorage=torch.bool)
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name, self.dtype = name, _STORAGE_DTYPES[name]
+
+
+def _storage_type(module, name):
+    return _StorageType(name) if module == 'torch' and name in _STORAGE_DTYPES else None
+
+
+def _storage_record(pid):
+    if (not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != 'storage' or not isinstance(pid[1], _StorageType)
+            or not isinstance(pid[4], int)):
+        raise UnsafePickleError(f'refused persistent id {pid!r} in a tensor storage record')
+    return dict(dtype=pid[1].dtype, key=str(pid[2]), numel=pid[4])
+
+
+def _load_storage_bytes(data):
+    """Parse a legacy (non-zip) torch.save of a single storage and return it as a flat tensor."""
+    if not isinstance(data, bytes):
+        raise UnsafePickleError('tensor storage record is not bytes')
+    f = io.BytesIO(data)
+    try:
+        legacy = lambda: SafeUnpickler(f, _storage_type, 'a tensor storage record', _storage_record).load()
+        magic, protocol, sys_info = (legacy() for _ in range(3))
+        if magic != 0x1950a86a20f9469cfc6c or protocol != 1001 or not sys_info.get('little_endian', False):
+            raise UnsafePickleError('tensor storage record has an unknown header')
+        record, keys = legacy(), legacy()
+    except (EOFError, AttributeError, TypeError, ValueError) as e:
+        raise UnsafePickleError(f'corrupt tensor storage record: {e}') from None
+    if not isinstance(record, dict) or keys != [record['key']]:
+        raise UnsafePickleError('tensor storage record must hold exactly one storage')
+    (count,) = struct.unpack('<q', f.read(8))
+    itemsize = torch.empty([], dtype=record['dtype']).element_size()
+    raw = f.read(count * itemsize)
+    if count != record['numel'] or len(raw) != count * itemsize:
+        raise UnsafePickleError('tensor storage record is truncated or its size does not match')
+    return torch.frombuffer(bytearray(raw), dtype=record['dtype']) if count else torch.empty(0, dtype=record['dtype'])
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    if not isinstance(storage, torch.Tensor) or storage.dim() != 1:
+        raise UnsafePickleError('tensor record does not point at a storage')
+    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
+        raise UnsafePickleError('tensor record has an invalid size, stride or offset')
+    if all(size):
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.numel():
+            raise UnsafePickleError(f'tensor view of size {list(size)} at offset {offset} reads past the end of its '
+                                    f'storage ({storage.numel()} elements)')
+    return torch.as_strided(storage, size, stride, offset).clone()
+
+
+def _rebuild_parameter(data, requires_grad=True, backward_hooks=None):
+    if not isinstance(data, torch.Tensor):
+        raise UnsafePickleError('parameter record does not hold a tensor')
+    return torch.nn.Parameter(data, requires_grad=bool(requires_grad))
+
+
+EDM_GLOBALS = {
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): PersistentObject,
+    ('collections', 'OrderedDict'): OrderedDict,
+    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
+    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    ('torch.storage', '_load_from_bytes'): _load_storage_bytes,
+    ('torch.nn.modules.container', 'ModuleDict'): _ModuleDictStub,
+    ('numpy', 'dtype'): _NumpyDType,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,  # numpy >= 2
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,   # numpy 1.x (the 2022 official files)
+}
+
+
+def safe_unpickle(f):
+    """Unpickle an EDM snapshot (file object) without executing anything from it."""
+    try:
+        return SafeUnpickler(f, lambda module, name: EDM_GLOBALS.get((module, name)), 'an EDM snapshot').load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # a truncated or corrupt file
+        raise pickle.UnpicklingError(f'could not read the pickle ({type(e).__name__}: {e}); is the file complete?') from None
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources, download cache and our own checkpoint format.
+
+def cache_dir():
+    return os.environ.get('D2O_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'd2o'))
+
+
+def expected_sha256(url):
+    """The SHA-256 prefix a publisher puts in the file name (torchvision's, timm's, DeiT's: name-<hex>.pth), or None."""
+    match = re.search(r'-([0-9a-f]{8,64})\.[a-z]+$', os.path.basename(url.split('?')[0]))
+    return match.group(1) if match else None
+
+
+def download(url, what='file'):
+    """Download url once into the cache, verifying the SHA-256 the file name carries; offline, say where to put the
+    file by hand. Nothing is left under the cache name unless the whole file arrived and matched."""
+    dest = os.path.join(cache_dir(), os.path.basename(url.split('?')[0]))
+    if os.path.isfile(dest):
+        return dest
+    expected = expected_sha256(url)
+
+    def fetch(f):
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=30) as response:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+        if expected and not digest.hexdigest().startswith(expected):
+            raise ValueError(f'its SHA-256 is {digest.hexdigest()[:len(expected)]}..., but the file name says {expected}...')
+    print(f'downloading {url} -> {dest}', file=sys.stderr)
+    try:
+        atomic_write(dest, fetch)
+    except Exception as e:
+        raise RuntimeError(f'could not download the {what} from {url} ({type(e).__name__}: {e}). Download it on a '
+                           f'machine with internet and place it at {dest} (or set D2O_CACHE to the folder that holds '
+                           f'it, or pass the local path).') from None
+    return dest
+
+
+def resolve(src, what='checkpoint'):
+    """Local path, URL or official name -> local path."""
+    if os.path.isfile(src):
+        return src
+    if src in unet.OFFICIAL or src.removesuffix('.pkl') in unet.OFFICIAL:
+        return download(unet.EDM_URL + src.removesuffix('.pkl') + '.pkl', what)
+    if src.startswith(('http://', 'https://')):
+        return download(src, what)
+    raise FileNotFoundError(f'{what} {src!r} not found: give a path, a URL, or one of {", ".join(unet.OFFICIAL)}')
+
+
+CKPT_FORMAT = 'd2o-checkpoint-1'
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(u) for u in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(u) for k, u in v.items()}
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def save_checkpoint(path, net, **meta):
+    """torch.save of plain tensors + JSON-able metadata, written atomically. Loadable with weights_only=True."""
+    ckpt = dict(format=CKPT_FORMAT, class_name=getattr(net, 'precond', type(net).__name__),
+                init_kwargs=json.loads(json.dumps(_plain(net.init_kwargs))), meta=json.loads(json.dumps(meta)),
+                state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
+    atomic_save(ckpt, path)
+
+
+def atomic_write(path, write):
+    """write(file) into PATH.PID.tmp, then rename it to PATH: a crash leaves the old file or the new one, never half of
+    one (a killed write leaves only the .tmp, which train.py removes at start-up)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_verified(path):
+    """torch.load(weights_only=True) of a torch zip after checking the CRC-32 of every member, which torch.load does
+    not do (flipped bytes inside a tensor would load silently). Errors name the file and what is wrong."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f'{path} is not a complete torch file ({e}); was it truncated?') from None
+    if bad is not None:
+        raise ValueError(f'{path} is damaged: {bad} inside it fails its CRC-32 check')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False, which would run the file's code
+        reason = str(e).split('WeightsUnpickler error:')[-1].strip().split('\n')[0]
+        raise UnsafePickleError(f'{path} was refused: {reason} (our files hold only tensors and plain values)') from None
+    except Exception as e:
+        raise ValueError(f'{path} could not be read ({type(e).__name__}: {e})') from None
+
+
+def _build(class_name, init_kwargs, state_dict, src):
+    if class_name not in unet.PRECONDS:
+        raise UnsafePickleError(f'{src}: network class {class_name!r} is not one we can rebuild '
+                                f'(known: {", ".join(unet.PRECONDS)})')
+    kwargs = _plain(dict(init_kwargs))
+    try:
+        net = unet.PRECONDS[class_name](**kwargs)
+        missing = net.load_state_dict(state_dict, strict=False)
+    except TypeError as e:
+        raise ValueError(f'{src}: cannot build {class_name} from the recorded constructor arguments: {e}') from None
+    if missing.missing_keys or missing.unexpected_keys:
+        raise ValueError(f'{src}: weights do not match the architecture: missing {missing.missing_keys[:5]}, '
+                         f'unexpected {missing.unexpected_keys[:5]}')
+    net.load_state_dict(state_dict, strict=True)
+    return net.eval().requires_grad_(False)
+
+
+def read_checkpoint(src):
+    """(net, meta) from a path/URL/official name. meta is {} for EDM pickles, ours otherwise."""
+    path = resolve(src)
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head[:2] == b'PK':  # a zip: torch.save, i.e. our own format
+        ckpt = load_verified(path)
+        if not isinstance(ckpt, dict) or ckpt.get('format') != CKPT_FORMAT:
+            raise ValueError(f'{path}: a torch file, but not a d2o checkpoint (no format {CKPT_FORMAT!r})')
+        return _build(ckpt['class_name'], ckpt['init_kwargs'], ckpt['state_dict'], path), ckpt['meta']
+    with open(path, 'rb') as f:
+        data = safe_unpickle(f)
+    ema = data.get('ema') if isinstance(data, dict) else None
+    if not isinstance(ema, PersistentObject):
+        raise ValueError(f'{path}: not an EDM snapshot (expected a dict with an "ema" network)')
+    return _build(ema.class_name, ema.init_kwargs, ema.state_dict(), path), {}
+
+
+def load_edm(src):
+    """An EDM network (EDM .pkl, loaded without executing it, or our checkpoint): our own class, eval mode."""
+    return read_checkpoint(src)[0]
+
+# ----------------------------------------------------------------------------------------------------------------
+# train.py's run directory: training states verified on load, the newest two kept, named by images seen so that
+# names never collide and sort in order.
+
+def state_file(rundir, nimg):
+    return os.path.join(rundir, f'training-state-{nimg:09d}.pt')
+
+
+def read_state(path):
+    state = load_verified(path)
+    if not isinstance(state, dict) or not {'G', 'G_ema', 'opt_G', 'nimg', 'it', 'args'} <= state.keys():
+        raise ValueError(f'{path}: not a training state written by train.py')
+    return state
+
+
+def newest_state(rundir, log):
+    """(path, state) of the newest state that verifies, falling back to older ones with a message; (None, None) in a
+    run directory without states. States that exist but none verifies: stop, never start afresh over a run's files."""
+    paths = sorted(glob.glob(os.path.join(rundir, 'training-state-*.pt')), reverse=True)
+    for i, path in enumerate(paths):
+        try:
+            return path, read_state(path)
+        except (ValueError, pickle.UnpicklingError) as e:
+            log(f'warning: {e}; ' + (f'falling back to the previous state {paths[i + 1]}' if i + 1 < len(paths) else 'no older state'))
+    if paths:
+        sys.exit(f'error: none of the {len(paths)} training states in {rundir} is usable (see above); move them away to '
+                 f'start afresh there, or give another --rundir')
+    return None, None
+
+
+def save_state(state, rundir, kept):
+    """Write the state, then delete every state but it and the one before (kept: newest last, updated here)."""
+    kept.append(state_file(rundir, state['nimg']))
+    atomic_save(state, kept[-1])
+    del kept[:-2]
+    for old in glob.glob(os.path.join(rundir, 'training-state-*.pt')):
+        if old not in kept:
+            os.remove(old)
+
+
+def trim_metrics(path, nimg):
+    """Keep the status lines up to the resumed state: a killed run may have written lines after its last state, or
+    half a line."""
+    if not os.path.isfile(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if round(json.loads(line)['kimg'] * 1000) > nimg:
+                    break
+            except (ValueError, KeyError, TypeError):
+                break
+            keep.append(line)
+    atomic_write(path, lambda f: f.write(''.join(keep).encode()))
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Fetch and safely load checkpoints.')
+    parser.add_argument('src', nargs='?', help='official EDM name, path or URL of a .pkl or our .pt')
+    parser.add_argument('--download', metavar='URL', help='only download URL into the cache and print its path')
+    args = parser.parse_args()
+    try:
+        if args.download:
+            print(download(args.download))
+        elif args.src:
+            net, meta = read_checkpoint(args.src)
+            print(f'{type(net).__name__}/{type(net.model).__name__}: {net.img_resolution}x{net.img_resolution}, label_dim '
+                  f'{net.label_dim}, {unet.num_params(net):,} parameters, {len(net.state_dict())} tensors; {meta or "EDM pickle"}')
+        else:
+            parser.print_help()
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        sys.exit(f'error: {e}')
