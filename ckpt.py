@@ -316,7 +316,9 @@ def load_verified(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:  # torch's message advises weights_only=False, which would run the file's code
-        reason = str(e).split('WeightsUnpickler error:')[-1].strip().split('\n')[0]
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next((line.split('WeightsUnpickler error:')[-1].strip() for line in lines
+                       if 'GLOBAL' in line or 'WeightsUnpickler' in line), lines[-1] if lines else type(e).__name__)
         raise UnsafePickleError(f'{path} was refused: {reason} (our files hold only tensors and plain values)') from None
     except Exception as e:
         raise ValueError(f'{path} could not be read ({type(e).__name__}: {e})') from None
