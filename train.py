@@ -224,7 +224,7 @@ class DObjective(torch.nn.Module):
             # R1 leaves parameters that only shift the logits (the ResNet D's output bias) without a gradient, and DDP's
             # reducer then waits for them forever. 0 x each trainable parameter gives every one an exact zero gradient
             # for the cost of one sum, where find_unused_parameters would search the graph on every step.
-            untouched = sum(q.sum() for q in self.D.parameters() if q.requires_grad) * 0
+            untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
             return r1_weight * r1_penalty(self.D, real, labels) + untouched
         return d_loss(self.D(fake, labels), self.D(real, labels))
 
@@ -244,7 +244,8 @@ def step(run, opt, module, params, micro_loss, stage):
         torch.distributed.all_reduce(total)
         total /= run.world
     loss_ok = math.isfinite(total.item())
-    grads_ok = run.scaler.is_enabled() and stage == 'G' or all(torch.isfinite(q.grad).all() for q in params if q.grad is not None)
+    grads = [param.grad for param in params if param.grad is not None]
+    grads_ok = run.scaler.is_enabled() and stage == 'G' or all(torch.isfinite(grad).all() for grad in grads)
     if not (loss_ok and grads_ok):
         raise FloatingPointError(f'non-finite {stage} {"gradient" if loss_ok else "loss"} (loss {total.item()}) at iteration '
                                  f'{run.it}, {run.nimg / 1000:.3f} kimg. The last good state is kept in {run.args.rundir}; '
@@ -269,11 +270,11 @@ def d2o_iteration(run, x, labels):
         with torch.no_grad(), run.autocast():
             fake = run.G(z_d[s], pick(s))
         return run.D_ddp(x[s], fake.float(), pick(s))
-    for q in run.d_params:  # the G step differentiates through D without updating it
-        q.requires_grad_(False)
+    for param in run.d_params:  # the G step differentiates through D without updating it
+        param.requires_grad_(False)
     losses = dict(loss_G=step(run, run.opt_G, run.G_ddp, run.g_params, g_step, 'G'))
-    for q in run.d_params:
-        q.requires_grad_(True)
+    for param in run.d_params:
+        param.requires_grad_(True)
     losses['loss_D'] = step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D')
     if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
         r1_weight = run.args.r1_interval * run.args.r1_gamma / 2
@@ -348,7 +349,7 @@ def build_run(args, preset, dataset, rank, world, device, log):
         except RuntimeError as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
-        run.d_params = [q for q in run.D.parameters() if q.requires_grad]  # the projected D's backbones stay frozen
+        run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # the projected D's backbones stay frozen
         run.opt_D = torch.optim.Adam(run.d_params, lr=args.dlr * lazy, betas=(0.0, 0.99 ** lazy), eps=1e-8)
         run.D_ddp = ddp(DObjective(run.D))
         run.d_desc = f'ProjectedD on {" + ".join(pair)}' if args.disc == 'projected' else f'ResNetD width {args.dwidth}'
@@ -357,9 +358,10 @@ def build_run(args, preset, dataset, rank, world, device, log):
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
     run.G.to(device)
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
-    run.g_params = [q for q in run.G.parameters() if q.requires_grad]
+    run.g_params = [param for param in run.G.parameters() if param.requires_grad]
     run.G_ddp = ddp(run.G)
-    run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=(0.0, 0.99) if run.D is not None else EDM_LOSS['betas'], eps=1e-8)
+    betas = (0.0, 0.99) if run.D is not None else EDM_LOSS['betas']
+    run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
     amp_dtype = torch.bfloat16 if args.precision == 'bf16' else torch.float16
     run.autocast = lambda: torch.autocast(device.type, amp_dtype) if args.precision != 'fp32' else contextlib.nullcontext()
     run.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16')
@@ -485,7 +487,7 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
     log(f'{"D2O" + ("-F" if args.freeze == 1 else "") if run.D is not None else "EDM pretraining"} of {run.source} on {path} '
         f'({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
     log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; '
-        + (f'D: {run.d_desc}, {sum(q.numel() for q in run.d_params):,} trainable parameters; ' if run.D is not None else '')
+        + (f'D: {run.d_desc}, {sum(p.numel() for p in run.d_params):,} trainable parameters; ' if run.D is not None else '')
         + f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
         f'run dir {args.rundir}')
     sampler = data.InfiniteSampler(len(dataset), args.seed)
