@@ -5,8 +5,9 @@
     python data.py convert --source ~/imagenet/train --dest datasets/imagenet-64x64.zip --resolution 64 --transform center-crop
     python data.py info --data datasets/toy-16x16.zip     # check a dataset and print what it holds
 
-EDM's layout (EDM's dataset_tool.py and training/dataset.py): an uncompressed zip (or folder) of PNGs named `{i//1000:05d}/img{i:08d}.png` and a
-`dataset.json` with `{"labels": [[name, int], ...]}` or `{"labels": null}`. Images are uint8 CHW, labels one-hot.
+EDM's layout (EDM's dataset_tool.py and training/dataset.py): an uncompressed zip (or folder) of PNGs named
+`{i//1000:05d}/img{i:08d}.png` and a `dataset.json` with `{"labels": [[name, int], ...]}` or `{"labels": null}`.
+Images are uint8 CHW, labels one-hot.
 """
 
 import argparse

@@ -321,7 +321,7 @@ def build_net(args, preset):
     return cls(**kwargs).train(), f'random ({src} architecture)'
 
 
-def build_run(args, preset, dataset, rank, world, device, log):
+def build_run(args, preset, dataset, rank, world, device):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
     optimizers, the AMP context, and the counters, in one namespace that the step functions read."""
     net, source = build_net(args, preset)
@@ -473,7 +473,7 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
         dataset = data.ImageDataset(path, use_labels=bool(args.cond))
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
-    run = build_run(args, preset, dataset, rank, world, device, log)
+    run = build_run(args, preset, dataset, rank, world, device)
     if state:
         load_state(run, state)
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg' + (f'; changed: {", ".join(changes)}' if changes else ''))
