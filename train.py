@@ -255,11 +255,18 @@ def step(run, opt, module, params, micro_loss, stage):
     return total.item()
 
 
+def global_randn(run, shape):
+    """This rank's share of noise drawn for the whole global batch: every rank draws the same numbers (seeded by
+    iteration), so a run does not depend on how its batch is split over GPUs. A fresh contiguous tensor, as randn_like
+    of a channels-last x would fill other positions for the same seed."""
+    share = slice(run.rank * run.per_gpu, (run.rank + 1) * run.per_gpu)
+    return torch.randn([run.args.batch, *shape], device=run.device)[share]
+
+
 def d2o_iteration(run, x, labels):
     """D2O (arXiv 2506.09376, Sec. 3): a G step, a D step on fakes from the updated G, a lazy R1 step."""
     pick = lambda s: labels[s] if labels is not None else None
-    # Not randn_like: x may be channels-last in memory, and the same seed would then fill other positions.
-    z_g, z_d = torch.randn(x.shape, device=x.device), torch.randn(x.shape, device=x.device)
+    z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])
 
     def g_step(s):
         with run.autocast():
@@ -285,8 +292,8 @@ def d2o_iteration(run, x, labels):
 
 def edm_iteration(run, x, labels):
     """EDM's pretraining (arXiv 2206.00364): the denoiser at ln sigma ~ N(-1.2, 1.2^2)."""
-    sigma = (torch.randn([len(x), 1, 1, 1], device=x.device) * 1.2 - 1.2).exp()
-    noise = torch.randn(x.shape, device=x.device)
+    sigma = (global_randn(run, [1, 1, 1]) * 1.2 - 1.2).exp()
+    noise = global_randn(run, x.shape[1:])
 
     def denoise(s):
         with run.autocast():
@@ -330,13 +337,13 @@ def build_run(args, preset, dataset, rank, world, device):
                  f'label_dim {net.label_dim}, but {dataset.path} holds {dataset.num_channels}x{dataset.resolution}x'
                  f'{dataset.resolution} images with label_dim {dataset.label_dim}{" (labels off: --cond 0)" if not args.cond else ""}. '
                  f'Pick a matching --init/--data.')
-    run = types.SimpleNamespace(args=args, source=source, device=device, world=world, nimg=0, it=0, D=None, D_ddp=None,
+    run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0, D=None, D_ddp=None,
                                 opt_D=None, d_params=[], per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
     run.kind, lazy = LOSSES[args.loss][1], args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
     gpu = [device] if device.type == 'cuda' else None
     ddp = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=gpu) if world > 1 else m
     if run.kind == 'generator':
-        run.G = unet.D2OGenerator(unet.without_augment(net))
+        run.G = unet.D2OGenerator(unet.generator_net(net))
         pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG at 32x32, DeiT at 64x64
         if args.disc == 'auto':
             official = args.data in PRESETS and args.data != 'toy'
@@ -504,8 +511,8 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     while run.nimg < args.kimg * 1000:
-        # All randomness of an iteration comes from (seed, iteration, rank): resuming needs no RNG state.
-        torch.manual_seed(int(np.random.SeedSequence([args.seed, run.it, rank]).generate_state(1)[0]))
+        # All randomness of an iteration comes from (seed, iteration): resuming needs no RNG state.
+        torch.manual_seed(int(np.random.SeedSequence([args.seed, run.it]).generate_state(1)[0]))
         x, labels = dataset.batch(sampler.indices(run.nimg, args.batch, rank, world))
         x = torch.from_numpy(x).to(device).float() / 127.5 - 1
         labels = torch.from_numpy(labels).to(device) if dataset.label_dim else None

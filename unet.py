@@ -490,12 +490,15 @@ class D2OGenerator(torch.nn.Module):
         F_x = self.model(x * self.c_in, c_noise, class_labels=_class_labels(self.label_dim, class_labels, x.device))
         return self.c_skip * x + self.c_out * F_x[:, :self.img_channels].to(torch.float32)
 
-def without_augment(net):
-    """D2O never feeds augment labels: the same network without EDM's augment layer, so that every parameter of the
-    generator is used (DDP requires it)."""
-    if net.model.map_augment is None:
+
+def generator_net(net):
+    """The network as D2O fine-tunes it: without EDM's augment layer (D2O never feeds augment labels, and DDP needs
+    every parameter to be used) and with dropout 0 (the official D2O configs pass --dropout=0 over EDM's 0.10/0.13;
+    the generator trains in train mode, where dropout would be active)."""
+    kwargs = dict(net.init_kwargs, augment_dim=0, dropout=0)
+    if kwargs == net.init_kwargs:
         return net
-    new = type(net)(**dict(net.init_kwargs, augment_dim=0))
+    new = type(net)(**kwargs)
     new.load_state_dict({k: v for k, v in net.state_dict().items() if 'map_augment' not in k})
     return new.train()
 
