@@ -25,6 +25,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -38,6 +39,26 @@ import numpy as np
 import torch
 
 import unet
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command lines: every mistake a user can type ends in one line on stderr (train.py and data.py use these).
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of the usage block
+        sys.exit(f'error: {message} (python {self.prog} --help lists the flags)')
+
+
+def number(kind, low, inclusive=False):
+    """An argparse type: a finite number above low (at least low if inclusive)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a {kind.__name__}') from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f'{text} must be {">=" if inclusive else ">"} {low}')
+        return value
+    return parse
 
 # ----------------------------------------------------------------------------------------------------------------
 # Safe loading of EDM's persistence pickles (EDM's torch_utils/persistence.py writes them). EDM's own loader exec()s the source code embedded in

@@ -2,7 +2,8 @@
 
     python data.py toy                                   # writes datasets/toy-16x16.zip (deterministic)
     python data.py convert --source cifar-10-python.tar.gz --dest datasets/cifar10-32x32.zip
-    python data.py convert --source ~/imagenet/train --dest datasets/imagenet-64x64.zip --resolution 64 --transform center-crop
+    python data.py convert --source ~/imagenet/train --dest datasets/imagenet-64x64.zip --resolution 64x64 --transform center-crop
+    python data.py convert --source ~/afhq/train --dest datasets/afhqv2-64x64.zip --resolution 64x64
     python data.py info --data datasets/toy-16x16.zip     # check a dataset and print what it holds
 
 EDM's layout (EDM's dataset_tool.py and training/dataset.py): an uncompressed zip (or folder) of PNGs named
@@ -15,12 +16,15 @@ import importlib
 import io
 import json
 import os
+import pickle
 import sys
 import tarfile
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 import ckpt
 
@@ -29,6 +33,68 @@ IMAGE_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
 
 class DatasetError(Exception):
     pass
+
+
+MAX_CLASSES = 100000  # ImageNet-21k has 21,841; a larger label is a mistake, and its one-hot would not fit
+
+
+def open_archive(path):
+    """(zip or None, member names) of an EDM dataset zip or folder; names that leave the dataset are refused."""
+    if os.path.isdir(path):
+        names = [os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/')
+                 for root, _, files in os.walk(path) for f in files]
+        return None, names
+    try:
+        archive = zipfile.ZipFile(path)
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DatasetError(f'{path}: not a readable zip ({e}); the file is truncated or corrupt — '
+                           f'recreate it with `python data.py convert`') from None
+    for name in names:
+        parts = name.replace('\\', '/').split('/')
+        if name.startswith(('/', '\\')) or '..' in parts or ':' in parts[0]:
+            raise DatasetError(f'{path}: member {name!r} is an absolute path or climbs out of the dataset; refused — '
+                               f'a dataset holds relative names only (recreate it with `python data.py convert`)')
+    return archive, names
+
+
+def read_member(path, archive, name):
+    """The bytes of one member of a dataset zip (CRC-checked by zipfile) or folder; damage names the member."""
+    try:
+        if archive is not None:
+            return archive.read(name)
+        with open(os.path.join(path, name), 'rb') as f:
+            return f.read()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DatasetError(f'{path}: cannot read {name} ({e}); the dataset is damaged — recreate it with '
+                           f'`python data.py convert`') from None
+
+
+def parse_labels(blob, where):
+    """dataset.json's bytes -> {name: class index} or None ({"labels": null}); a wrong shape stops with what it is."""
+    usage = '; it must be {"labels": [["00000/img00000000.png", 6], ...]} or {"labels": null}'
+    try:
+        meta = json.loads(blob)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f'{where}: dataset.json is not valid JSON ({e}){usage}') from None
+    if not isinstance(meta, dict) or 'labels' not in meta:
+        what = 'an object without "labels"' if isinstance(meta, dict) else f'a JSON {type(meta).__name__}, not an object'
+        raise DatasetError(f'{where}: dataset.json is {what}{usage}')
+    if meta['labels'] is None:
+        return None
+    if not isinstance(meta['labels'], list):
+        raise DatasetError(f'{where}: "labels" in dataset.json is a {type(meta["labels"]).__name__}{usage}')
+    labels = {}
+    for entry in meta['labels']:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise DatasetError(f'{where}: dataset.json entry {json.dumps(entry)[:80]} is not a [name, label] pair{usage}')
+        name, label = entry
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < MAX_CLASSES:
+            raise DatasetError(f'{where}: dataset.json gives {name} the label {json.dumps(label)[:40]}; labels are class '
+                               f'indices, integers from 0 to {MAX_CLASSES - 1}')
+        if labels.setdefault(name, label) != label:
+            raise DatasetError(f'{where}: dataset.json labels {name} twice, as {labels[name]} and {label}')
+    return labels
 
 
 class ImageDataset:
@@ -42,17 +108,7 @@ class ImageDataset:
         if not os.path.exists(path):
             raise DatasetError(f'dataset {path} not found. Make it with `python data.py convert ...` '
                                f'(or `python data.py toy`); see README.md.')
-        if os.path.isdir(path):
-            self._zip = None
-            names = [os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/')
-                     for root, _, files in os.walk(path) for f in files]
-        else:
-            try:
-                self._zip = zipfile.ZipFile(path)
-                names = self._zip.namelist()
-            except (zipfile.BadZipFile, OSError) as e:
-                raise DatasetError(f'{path}: not a readable zip ({e}); the file is truncated or corrupt — '
-                                   f'recreate it with `python data.py convert`') from None
+        self._zip, names = open_archive(path)
         self.names = sorted(n for n in names if n.lower().endswith(IMAGE_EXT))
         if not self.names:
             raise DatasetError(f'{path}: no images found')
@@ -69,13 +125,9 @@ class ImageDataset:
     def _read_labels(self, names):
         if 'dataset.json' not in names:
             return None
-        try:
-            labels = json.loads(self._read('dataset.json'))['labels']
-        except (ValueError, KeyError) as e:
-            raise DatasetError(f'{self.path}: dataset.json is malformed ({e})') from None
+        labels = parse_labels(read_member(self.path, self._zip, 'dataset.json'), self.path)
         if labels is None:
             return None
-        labels = dict(labels)
         present = set(self.names)  # once: ImageNet has 1.28M names
         missing = [n for n in labels if n not in present]
         if missing:
@@ -87,10 +139,7 @@ class ImageDataset:
         return np.array([labels[n] for n in self.names], dtype=np.int64)
 
     def _read(self, name):
-        if self._zip is not None:
-            return self._zip.read(name)
-        with open(os.path.join(self.path, name), 'rb') as f:
-            return f.read()
+        return read_member(self.path, self._zip, name)
 
     def __len__(self):
         return len(self.names)
@@ -99,8 +148,9 @@ class ImageDataset:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         name = self.names[i]
+        blob = self._read(name)
         try:
-            img = np.asarray(Image.open(io.BytesIO(self._read(name))))
+            img = np.asarray(Image.open(io.BytesIO(blob)))
         except Exception as e:
             raise DatasetError(f'{self.path}: cannot decode {name} ({type(e).__name__}: {e})') from None
         img = img[:, :, None] if img.ndim == 2 else img
@@ -145,43 +195,31 @@ class InfiniteSampler:
 # ----------------------------------------------------------------------------------------------------------------
 # Writing EDM's layout.
 
-def write_dataset(dest, images, labels=None):
-    """images: iterable of uint8 HWC arrays; labels: list of ints or None. Uncompressed PNGs, fixed timestamps,
-    written to a temporary file and renamed, so the output is deterministic and never half-written."""
+def write_dataset(dest, images, labels=None, log=None):
+    """images: iterable of uint8 HWC arrays, or None for an image the transform skipped (its number stays unused, as
+    in EDM's tool); labels: one int per image, or None. Uncompressed PNGs, fixed timestamps, written to a temporary
+    file and renamed, so the output is deterministic and never half-written. Returns the number written."""
     entries = []
 
     def write(f):
         with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as z:
             for i, img in enumerate(images):
+                if log and i and i % 10000 == 0:
+                    log(f'{i} images ...')
+                if img is None:
+                    continue
                 name = f'{i // 1000:05d}/img{i:08d}.png'
                 buf = io.BytesIO()
                 Image.fromarray(img).save(buf, format='png', compress_level=0, optimize=False)
                 z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-                entries.append(name)
-            meta = dict(labels=[[n, int(l)] for n, l in zip(entries, labels)] if labels is not None else None)
+                entries.append((name, labels[i] if labels is not None else None))
+            meta = dict(labels=[[n, int(l)] for n, l in entries] if labels is not None else None)
             z.writestr(zipfile.ZipInfo('dataset.json', date_time=(1980, 1, 1, 0, 0, 0)), json.dumps(meta))
     ckpt.atomic_write(dest, write)
     return len(entries)
 
-
-def _resize(img, resolution, transform):
-    """HWC uint8 -> resolution^2, as EDM's dataset tool: LANCZOS resize, optional center crop first."""
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = img[:, :, :3]
-    if resolution is None:
-        return img
-    pil = Image.fromarray(img)
-    if transform == 'center-crop':
-        s = min(pil.size)
-        left, top = (pil.size[0] - s) // 2, (pil.size[1] - s) // 2
-        pil = pil.crop((left, top, left + s, top + s))
-    elif pil.size[0] != pil.size[1]:
-        raise DatasetError(f'non-square image {pil.size}: use --transform center-crop')
-    if pil.size != (resolution, resolution):
-        pil = pil.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    return np.asarray(pil)
-
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion, as EDM's dataset_tool.py: sources, transforms, and the checks it makes.
 
 CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar.html'
 _CIFAR_GLOBALS = {(m, n) for m in ('numpy.core.multiarray', 'numpy._core.multiarray') for n in ('_reconstruct', 'scalar')} | \
@@ -196,41 +234,170 @@ def _cifar_global(module, name):
 def read_cifar10(source):
     """The 50k training images of cifar-10-python.tar.gz with labels, in data_batch_1..5 order."""
     images, labels = [], []
-    with tarfile.open(source, 'r:gz') as tar:
-        for b in range(1, 6):
-            member = tar.getmember(f'cifar-10-batches-py/data_batch_{b}')
-            try:
-                d = ckpt.SafeUnpickler(tar.extractfile(member), _cifar_global, 'a CIFAR batch', encoding='bytes').load()
-            except ckpt.UnsafePickleError as e:
-                raise DatasetError(f'{source}: {e}; it is not the cifar-10-python.tar.gz from {CIFAR_URL}') from None
-            images.append(np.asarray(d[b'data'], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            labels += list(d[b'labels'])
+    fix = f'download cifar-10-python.tar.gz again from {CIFAR_URL}'
+    try:
+        with tarfile.open(source, 'r:gz') as tar:
+            for b in range(1, 6):
+                name = f'cifar-10-batches-py/data_batch_{b}'
+                try:
+                    member = tar.getmember(name)
+                except KeyError:
+                    raise DatasetError(f'{source}: has no {name}; {fix}') from None
+                batch = ckpt.SafeUnpickler(tar.extractfile(member), _cifar_global, 'a CIFAR batch', encoding='bytes').load()
+                rows = np.asarray(batch[b'data'], np.uint8) if isinstance(batch, dict) and b'data' in batch else None
+                if rows is None or rows.ndim != 2 or rows.shape[1] != 3072 or len(batch.get(b'labels', [])) != len(rows):
+                    raise DatasetError(f'{source}: {name} does not hold 3072-byte image rows with one label each; {fix}')
+                images.append(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                labels += [int(label) for label in batch[b'labels']]
+    except ckpt.UnsafePickleError as e:
+        raise DatasetError(f'{source}: {e}; it is not the cifar-10-python.tar.gz from {CIFAR_URL}') from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DatasetError(f'{source}: truncated or not a gzip tarball of CIFAR-10 ({type(e).__name__}: {e}); {fix}') from None
     return np.concatenate(images), labels
 
 
-def read_folder(source):
-    """Images under source, sorted; labels from top-level folder names (as EDM does for ImageNet) if all have one."""
-    files = sorted(os.path.relpath(os.path.join(r, f), source) for r, _, fs in os.walk(source) for f in fs
-                   if f.lower().endswith(IMAGE_EXT))
-    tops = [f.split(os.sep)[0] if os.sep in f else None for f in files]
-    classes = sorted(set(tops)) if None not in tops else None
-    labels = [classes.index(t) for t in tops] if classes else None
-    return files, labels
+def path_order(name):
+    """EDM sorts a folder's files as pathlib paths: by their parts, so 'a/b.png' comes before 'a-c.png'."""
+    return name.split('/')
 
 
-def convert(source, dest, resolution=None, transform=None):
+def source_labels(names, meta, source):
+    """EDM's rule: the labels of the source's dataset.json (meta: its bytes) when it has them, else top-level folder
+    names when there are two or more (files at the top level form the class ''); None unless every image has one."""
+    labels = parse_labels(meta, source) if meta is not None else None
+    if not labels:
+        tops = [n.split('/')[0] if '/' in n else '' for n in names]
+        classes = sorted(set(tops))
+        labels = {n: classes.index(t) for n, t in zip(names, tops)} if len(classes) > 1 else {}
+    return [labels[n] for n in names] if labels and all(n in labels for n in names) else None
+
+
+def read_image(where, blob):
+    """Decoded RGB HWC uint8; any failure (not an image, truncated, over PIL's decompression-bomb limit) names it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as img:
+                return np.asarray(img.convert('RGB'))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        why = f"more pixels than PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,}"
+    except UnidentifiedImageError:
+        why = 'not an image that PIL can read, or its header is damaged'
+    except (OSError, ValueError, SyntaxError) as e:
+        why = f'truncated or damaged ({e})'
+    raise DatasetError(f'{where}: cannot read this image: {why}; remove or replace the file')
+
+
+def open_source(source):
+    """(names, load(name) -> RGB HWC uint8, labels or None) of a CIFAR-10 tarball, a folder or a zip of images."""
+    if not os.path.exists(source):
+        raise DatasetError(f'--source {source} not found')
     if source.endswith('.tar.gz') and 'cifar-10' in os.path.basename(source):
         images, labels = read_cifar10(source)
-        images = (_resize(img, resolution, transform) for img in images)
-    elif os.path.isdir(source):
-        files, labels = read_folder(source)
-        if not files:
-            raise DatasetError(f'{source}: no images found')
-        images = (_resize(np.asarray(Image.open(os.path.join(source, f)).convert('RGB')), resolution, transform) for f in files)
+        return list(range(len(images))), images.__getitem__, labels
+    if not (os.path.isdir(source) or zipfile.is_zipfile(source)):
+        raise DatasetError(f'--source {source}: expected cifar-10-python.tar.gz, a folder of images or a zip of images')
+    archive, members = open_archive(source)
+    names = sorted((n for n in members if n.lower().endswith(IMAGE_EXT)), key=path_order if archive is None else None)
+    if not names:
+        raise DatasetError(f'--source {source}: no images found')
+    meta = read_member(source, archive, 'dataset.json') if 'dataset.json' in members else None
+    if archive is None:
+        def load(name):
+            path = os.path.join(source, name)
+            if os.path.islink(path) and not os.path.exists(path):
+                raise DatasetError(f'{path}: a link to {os.readlink(path)}, which does not exist; fix or remove the link')
+            return read_image(path, read_member(source, None, name))
     else:
-        raise DatasetError(f'{source}: expected cifar-10-python.tar.gz or a folder of images')
-    n = write_dataset(dest, images, labels)
-    print(f'wrote {n} images{" with labels" if labels else ""} to {dest}')
+        load = lambda name: read_image(f'{source}: {name}', read_member(source, archive, name))
+    return names, load, source_labels(names, meta, source)
+
+
+def parse_resolution(text):
+    """--resolution: 'R' or 'WxH', positive integers (an argparse type)."""
+    try:
+        width, height = (int(v) for v in (text.lower().split('x') if 'x' in text.lower() else (text, text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not R or WxH (e.g. 64 or 64x64)') from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f'{text} must be positive')
+    return width, height
+
+
+def transform_image(img, size, transform):
+    """EDM's transforms (LANCZOS): none (resize to size if given), center-crop (square crop, then resize) and
+    center-crop-wide (crop to the output's aspect ratio, resize, centre on a square black canvas; None = too small,
+    the image is skipped, as EDM's tool does)."""
+    if size is None:
+        return img
+    width, height = size
+    if transform == 'center-crop':
+        crop = min(img.shape[:2])
+        top, left = (img.shape[0] - crop) // 2, (img.shape[1] - crop) // 2
+        img = img[top:top + crop, left:left + crop]
+    elif transform == 'center-crop-wide':
+        crop_height = int(np.round(width * img.shape[0] / img.shape[1]))
+        if img.shape[1] < width or crop_height < height:
+            return None
+        top = (img.shape[0] - crop_height) // 2
+        img = img[top:top + crop_height]
+    if img.shape[:2] != (height, width):
+        img = np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.LANCZOS))
+    if transform == 'center-crop-wide':
+        canvas = np.zeros([width, width, 3], np.uint8)
+        canvas[(width - height) // 2:(width - height) // 2 + height] = img
+        img = canvas
+    return img
+
+
+def check_dest(source, dest, overwrite):
+    """Refuse every --dest that would lose a file the user did not mean to replace."""
+    if not dest.endswith('.zip'):
+        raise DatasetError(f'--dest {dest}: give a .zip file name (the dataset is written as one uncompressed zip)')
+    if os.path.isdir(dest):
+        raise DatasetError(f'--dest {dest} is a directory; give a .zip file name')
+    if not os.path.exists(dest):
+        return
+    if os.path.exists(source) and os.path.samefile(source, dest):
+        raise DatasetError(f'--dest {dest} is the --source itself; give another file name')
+    ours = zipfile.is_zipfile(dest) and 'dataset.json' in zipfile.ZipFile(dest).namelist()
+    if not ours:
+        raise DatasetError(f'--dest {dest} exists and is not a dataset zip; refusing to overwrite it — give another name')
+    if not overwrite:
+        raise DatasetError(f'--dest {dest} exists; add --overwrite to replace it, or give another name')
+
+
+def convert(source, dest, resolution=None, transform=None, overwrite=False, log=print):
+    """EDM's dataset tool: every output image the same size, square and a power of two, else one line naming the
+    first image that is not and the option that would fix it. Nothing is written under dest until it is complete."""
+    check_dest(source, dest, overwrite)
+    size = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if transform and size is None:
+        raise DatasetError(f'--transform {transform} needs --resolution (the output size, e.g. 64 or 64x64)')
+    names, load, labels = open_source(source)
+    first = []
+
+    def images():
+        for name in names:
+            img = transform_image(load(name), size, transform)
+            where = os.path.join(source, name) if isinstance(name, str) else f'{source}: image {name}'
+            if img is not None and not first:
+                first.append((where, img.shape))
+                height, width = img.shape[:2]
+                if width != height:
+                    raise DatasetError(f'{where} is {width}x{height}: images must be square; give --resolution R '
+                                       f'(with --transform center-crop to keep the aspect ratio)')
+                if width & (width - 1):
+                    raise DatasetError(f'{where} is {width}x{height}: the size must be a power of two; give --resolution '
+                                       f'{2 ** round(np.log2(width))}')
+            elif img is not None and img.shape != first[0][1]:
+                raise DatasetError(f'{where} is {img.shape[1]}x{img.shape[0]} but {first[0][0]} is '
+                                   f'{first[0][1][1]}x{first[0][1][0]}: give --resolution R to bring every image to one size')
+            yield img
+    log(f'converting {len(names)} images from {source} ...')
+    n = write_dataset(dest, images(), labels, log)
+    skipped = f' ({len(names) - n} too small for center-crop-wide, skipped)' if n < len(names) else ''
+    log(f'wrote {n} images{" with labels" if labels else ""} to {dest}{skipped}')
 
 # ----------------------------------------------------------------------------------------------------------------
 # The toy world: coloured shapes on coloured backgrounds. Class = shape; colours, position and size are random.
@@ -279,25 +446,28 @@ def make_toy(dest=None, n=20000, resolution=16, seed=0):
     return dest
 
 
-if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='EDM-format datasets: convert, inspect, and the toy world.')
+def main(argv=None):
+    parser = ckpt.Parser(prog='data.py', description='EDM-format datasets: convert, inspect, and the toy world.')
     sub = parser.add_subparsers(dest='cmd', required=True)
-    c = sub.add_parser('convert', help='CIFAR-10 tarball or image folder -> EDM zip')
-    c.add_argument('--source', required=True, help='cifar-10-python.tar.gz or a folder (labels from top-level folders)')
+    c = sub.add_parser('convert', help="CIFAR-10 tarball, image folder or image zip -> EDM zip (EDM's dataset_tool)")
+    c.add_argument('--source', required=True, help='cifar-10-python.tar.gz, or a folder/zip of images (labels from its '
+                                                   'dataset.json, else from top-level folder names)')
     c.add_argument('--dest', required=True, help='output zip, e.g. datasets/cifar10-32x32.zip')
-    c.add_argument('--resolution', type=int, default=None, help='output size (LANCZOS); default: keep')
-    c.add_argument('--transform', choices=['center-crop'], default=None, help='crop non-square images first')
+    c.add_argument('--resolution', type=parse_resolution, default=None, help='output size R or WxH (LANCZOS); default: keep')
+    c.add_argument('--transform', choices=['center-crop', 'center-crop-wide'], default=None,
+                   help='crop to a square (or, wide: to WxH, centred on a WxW canvas) before resizing')
+    c.add_argument('--overwrite', action='store_true', help='replace a dataset zip that --dest already holds')
     t = sub.add_parser('toy', help='write the procedural toy dataset')
     t.add_argument('--dest', default=None, help='default datasets/toy-RxR.zip')
-    t.add_argument('--n', type=int, default=20000, help='number of images')
-    t.add_argument('--resolution', type=int, default=16, help='image size')
-    t.add_argument('--seed', type=int, default=0, help='the world is a function of this seed')
-    i = sub.add_parser('info', help='check a dataset and print its size and labels')
+    t.add_argument('--n', type=ckpt.number(int, 0), default=20000, help='number of images')
+    t.add_argument('--resolution', type=ckpt.number(int, 0), default=16, help='image size')
+    t.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='the world is a function of this seed')
+    i = sub.add_parser('info', help='check a dataset (every image) and print its size and labels')
     i.add_argument('--data', required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         if args.cmd == 'convert':
-            convert(args.source, args.dest, args.resolution, args.transform)
+            convert(args.source, args.dest, args.resolution, args.transform, args.overwrite)
         elif args.cmd == 'toy':
             print(f'wrote {make_toy(args.dest, args.n, args.resolution, args.seed)}')
         else:
@@ -307,3 +477,7 @@ if __name__ == '__main__':
             print(f'{args.data}: {len(ds)} images, {ds.num_channels}x{ds.resolution}x{ds.resolution}, label_dim {ds.label_dim}')
     except DatasetError as e:
         sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()

@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -1268,8 +1269,8 @@ def test_data_convert_cifar_and_folder(tmp_path):
     data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'f.zip'), resolution=8, transform='center-crop')
     ds = data.ImageDataset(str(tmp_path / 'f.zip'))
     assert len(ds) == 4 and ds.resolution == 8 and list(ds.labels) == [0, 0, 1, 1]
-    with pytest.raises(data.DatasetError, match='center-crop'):
-        data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'g.zip'), resolution=8)
+    with pytest.raises(data.DatasetError, match='cat/0.png is 30x20: images must be square; give --resolution'):
+        data.convert(str(tmp_path / 'imgs'), str(tmp_path / 'g.zip'))
     assert not (tmp_path / 'g.zip').exists() and not list(tmp_path.glob('*.tmp'))  # nothing half-written
     # A crafted "CIFAR" pickle is refused before anything in it runs.
     class Evil:
@@ -1313,6 +1314,202 @@ def test_data_bad_datasets(tmp_path):
         data.ImageDataset(missing)
     with pytest.raises(data.DatasetError, match='16x16 was asked for'):
         data.ImageDataset(good, resolution=16)
+
+
+def file_hashes(root):
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob('*')) if p.is_file() and not p.is_symlink()}
+
+
+def refused(tmp_path, argv, *expected):
+    """data.py's command line on bad input: exit with one line that says each expected thing, every input file under
+    tmp_path/in byte-identical afterwards, nothing (not even a .tmp) left under tmp_path/out."""
+    before = file_hashes(tmp_path / 'in')
+    with pytest.raises(SystemExit) as e:
+        data.main(argv)
+    message = str(e.value.code)
+    assert message.startswith('error: ') and '\n' not in message, message
+    assert all(text in message for text in expected), (message, expected)
+    assert file_hashes(tmp_path / 'in') == before
+    assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
+    return message
+
+
+def _zip_with(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, 'w', compression) as z:
+        for name, blob in members.items():
+            z.writestr(name, blob)
+    return str(path)
+
+
+def _png(array):
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, np.uint8)).save(buf, format='png')
+    return buf.getvalue()
+
+
+def test_data_reading_refuses_bad_labels_damage_and_escaping_names(tmp_path):
+    (tmp_path / 'in').mkdir()
+    image = _png(np.zeros((4, 4, 3)))
+    images = {'00000/img00000000.png': image, '00000/img00000001.png': image}
+    bad_json = {'not-an-object': [1, 2], 'labels-a-string': {'labels': 'cat'}, 'no-labels-key': {'classes': []},
+                'not-a-pair': {'labels': [['00000/img00000000.png']]}, 'label-string': {'labels': [['00000/img00000000.png', 'cat']]},
+                'label-null': {'labels': [['00000/img00000000.png', None]]}, 'label-float': {'labels': [['00000/img00000000.png', 1.5]]},
+                'label-list': {'labels': [['00000/img00000000.png', [1]]]}, 'label-negative': {'labels': [['00000/img00000000.png', -1]]},
+                'label-huge': {'labels': [['00000/img00000000.png', 10 ** 9]]}, 'label-bool': {'labels': [['00000/img00000000.png', True]]},
+                'listed-twice': {'labels': [['00000/img00000000.png', 0], ['00000/img00000000.png', 1]]}}
+    for name, meta in bad_json.items():
+        path = _zip_with(tmp_path / 'in' / f'{name}.zip', dict(images, **{'dataset.json': json.dumps(meta)}))
+        refused(tmp_path, ['info', '--data', path], path, 'dataset.json')
+    path = _zip_with(tmp_path / 'in' / 'not-json.zip', dict(images, **{'dataset.json': '{"labels": [['}))
+    refused(tmp_path, ['info', '--data', path], path, 'not valid JSON')
+    # Damage inside the zip (deflated members, so that a flipped byte fails the CRC): an image, and dataset.json.
+    meta = json.dumps({'labels': [[n, 0] for n in images]})
+    for member in ('00000/img00000001.png', 'dataset.json'):
+        path = _zip_with(tmp_path / 'in' / 'crc.zip', dict(images, **{'dataset.json': meta}), zipfile.ZIP_DEFLATED)
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(member)
+        blob = bytearray(open(path, 'rb').read())
+        blob[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF
+        open(path, 'wb').write(bytes(blob))
+        refused(tmp_path, ['info', '--data', path], path, member)
+        os.remove(path)
+    for escaping in ('../x.png', '/x.png', '00000/../../x.png'):
+        path = _zip_with(tmp_path / 'in' / 'escape.zip', dict(images, **{escaping: image}))
+        refused(tmp_path, ['info', '--data', path], path, repr(escaping), 'climbs out')
+        os.remove(path)
+
+
+def test_data_convert_refuses_bad_sources_and_keeps_every_file(tmp_path):
+    (tmp_path / 'in').mkdir()
+    out = str(tmp_path / 'out' / 'd.zip')
+    # CIFAR-10 tarballs: truncated, not gzip, a batch missing, rows of the wrong length.
+    tarball = tmp_path / 'in' / 'cifar-10-python.tar.gz'
+    _cifar_tarball(tarball)
+    blob = tarball.read_bytes()
+    cases = {'cut': blob[:len(blob) // 2], 'plain': zlib.decompress(blob, 31)}
+    for name, content in cases.items():
+        path = tmp_path / 'in' / name / 'cifar-10-python.tar.gz'
+        path.parent.mkdir()
+        path.write_bytes(content)
+        refused(tmp_path, ['convert', '--source', str(path), '--dest', out], str(path), 'cs.toronto.edu')
+    for name, batches, row in (('missing', range(1, 5), 3072), ('rows', range(1, 6), 3000)):
+        path = tmp_path / 'in' / name / 'cifar-10-python.tar.gz'
+        path.parent.mkdir()
+        with tarfile.open(path, 'w:gz') as tar:
+            for b in batches:
+                blob = pickle.dumps({b'data': np.zeros((2, row), np.uint8), b'labels': [0, 1]})
+                info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{b}')
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+        refused(tmp_path, ['convert', '--source', str(path), '--dest', out], str(path), 'data_batch_', 'cs.toronto.edu')
+    # Folders with one unreadable image: not an image, truncated, a decompression bomb, a link to nowhere.
+    good = _png(np.full((8, 8, 3), 100))
+    bomb = b'\x89PNG\r\n\x1a\n' + struct.pack('>I', 13) + b'IHDR' + struct.pack('>IIBBBBB', 30000, 30000, 8, 2, 0, 0, 0)
+    bomb += struct.pack('>I', zlib.crc32(bomb[12:29]))  # a valid header that claims 30000x30000 pixels
+    idat = zlib.compress(b'\0' * 64)
+    bomb += struct.pack('>I', len(idat)) + b'IDAT' + idat + struct.pack('>I', zlib.crc32(b'IDAT' + idat))
+    photo = _png(np.random.RandomState(0).randint(0, 256, (32, 32, 3)))
+    for name, content, why in (('text', b'not an image', 'not an image'), ('truncated', photo[:len(photo) // 2], 'truncated'),
+                               ('bomb', bomb, 'decompression-bomb limit'), ('link', None, 'nowhere.png')):
+        folder = tmp_path / 'in' / f'folder-{name}'
+        folder.mkdir()
+        (folder / 'a.png').write_bytes(good)
+        if content is None:
+            os.symlink(tmp_path / 'nowhere.png', folder / 'b.png')
+        else:
+            (folder / 'b.png').write_bytes(content)
+        refused(tmp_path, ['convert', '--source', str(folder), '--dest', out], str(folder / 'b.png'), why)
+    # Sizes that EDM's tool refuses without --resolution: mixed, non-square, not a power of two.
+    for name, shapes, expected in (('mixed', [(8, 8), (16, 16)], 'b.png is 16x16 but'), ('wide', [(8, 16)], 'a.png is 16x8'),
+                                   ('odd', [(12, 12)], 'power of two')):
+        folder = tmp_path / 'in' / name
+        folder.mkdir()
+        for letter, shape in zip('ab', shapes):
+            (folder / f'{letter}.png').write_bytes(_png(np.zeros(shape + (3,))))
+        refused(tmp_path, ['convert', '--source', str(folder), '--dest', out], expected, '--resolution')
+    # Sources that are not there, or not datasets; --transform without --resolution; bad --resolution values.
+    folder = str(tmp_path / 'in' / 'folder-text')
+    refused(tmp_path, ['convert', '--source', str(tmp_path / 'in' / 'nothing'), '--dest', out], 'nothing', 'not found')
+    (tmp_path / 'in' / 'notes.txt').write_text('hello')
+    refused(tmp_path, ['convert', '--source', str(tmp_path / 'in' / 'notes.txt'), '--dest', out], 'notes.txt')
+    refused(tmp_path, ['convert', '--source', folder, '--dest', out, '--transform', 'center-crop'], '--resolution')
+    for value in ('0', '-3', 'abc', '64x', '8x0'):
+        refused(tmp_path, ['convert', '--source', folder, '--dest', out, '--resolution', value], '--resolution', value)
+
+
+def test_data_convert_refuses_to_overwrite(tmp_path):
+    (tmp_path / 'in').mkdir()
+    folder = tmp_path / 'in' / 'images'
+    folder.mkdir()
+    (folder / 'a.png').write_bytes(_png(np.zeros((8, 8, 3))))
+    notes = tmp_path / 'in' / 'notes.zip'
+    notes.write_bytes(b'my notes, not a zip')
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', str(notes)], str(notes), 'not a dataset zip')
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', str(notes), '--overwrite'], str(notes), 'not a dataset zip')
+    other = _zip_with(tmp_path / 'in' / 'other.zip', {'report.txt': 'a zip without dataset.json'})
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', other, '--overwrite'], other, 'not a dataset zip')
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', str(folder)], str(folder), '.zip')
+    (tmp_path / 'in' / 'dir.zip').mkdir()
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', str(tmp_path / 'in' / 'dir.zip')], 'dir.zip', 'directory')
+    tarball = tmp_path / 'in' / 'cifar-10-python.tar.gz'
+    _cifar_tarball(tarball)
+    refused(tmp_path, ['convert', '--source', str(tarball), '--dest', str(tarball)], str(tarball), '.zip')
+    toy = data.make_toy(str(tmp_path / 'in' / 'toy.zip'), n=4, resolution=8)
+    refused(tmp_path, ['convert', '--source', toy, '--dest', toy, '--overwrite'], toy, 'the --source itself')
+    # A previous output: refused without --overwrite, replaced with it.
+    previous = str(tmp_path / 'in' / 'previous.zip')
+    data.main(['convert', '--source', str(folder), '--dest', previous])
+    refused(tmp_path, ['convert', '--source', str(folder), '--dest', previous], previous, '--overwrite')
+    (folder / 'b.png').write_bytes(_png(np.ones((8, 8, 3))))
+    data.main(['convert', '--source', str(folder), '--dest', previous, '--overwrite'])
+    assert len(data.ImageDataset(previous)) == 2
+
+
+def test_data_convert_cli_error_is_one_line_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'data.py'), 'convert', '--source', str(tmp_path), '--dest',
+                        str(tmp_path / 'd.zip')], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and 'Traceback' not in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    assert str(tmp_path) in r.stderr and 'no images found' in r.stderr
+
+
+def test_data_convert_edm_sources_sizes_and_links(tmp_path):
+    # An EDM zip converted again keeps its labels; the output is the same bytes (EDM's layout is deterministic).
+    toy = data.make_toy(str(tmp_path / 'toy.zip'), n=12, resolution=8, seed=3)
+    data.convert(toy, str(tmp_path / 'again.zip'))
+    assert open(tmp_path / 'again.zip', 'rb').read() == open(toy, 'rb').read()
+    # The same dataset as a folder (with its dataset.json), and as links to those files from another folder.
+    with zipfile.ZipFile(toy) as z:
+        z.extractall(tmp_path / 'unpacked')
+    data.convert(str(tmp_path / 'unpacked'), str(tmp_path / 'from-folder.zip'))
+    assert open(tmp_path / 'from-folder.zip', 'rb').read() == open(toy, 'rb').read()
+    for path in (tmp_path / 'unpacked').rglob('*'):
+        target = tmp_path / 'links' / path.relative_to(tmp_path / 'unpacked')
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            os.symlink(path, target)
+    data.convert(str(tmp_path / 'links'), str(tmp_path / 'from-links.zip'))
+    assert open(tmp_path / 'from-links.zip', 'rb').read() == open(toy, 'rb').read()
+    # --resolution WxH, center-crop and center-crop-wide against PIL written out here (EDM's dataset_tool transforms).
+    rng = np.random.RandomState(0)
+    photo = rng.randint(0, 256, (30, 40, 3)).astype(np.uint8)  # 40 wide, 30 high
+    (tmp_path / 'photos').mkdir()
+    Image.fromarray(photo).save(tmp_path / 'photos' / 'a.png')
+    Image.fromarray(photo[:10, :10]).save(tmp_path / 'photos' / 'b.png')  # too small for center-crop-wide at 16x8
+    pil = Image.fromarray(photo)
+    data.convert(str(tmp_path / 'photos'), str(tmp_path / 'plain.zip'), resolution=(8, 8))
+    assert np.array_equal(data.ImageDataset(str(tmp_path / 'plain.zip')).image(0).transpose(1, 2, 0),
+                          np.asarray(pil.resize((8, 8), Image.Resampling.LANCZOS)))
+    data.convert(str(tmp_path / 'photos'), str(tmp_path / 'crop.zip'), resolution=(8, 8), transform='center-crop')
+    assert np.array_equal(data.ImageDataset(str(tmp_path / 'crop.zip')).image(0).transpose(1, 2, 0),
+                          np.asarray(pil.crop((5, 0, 35, 30)).resize((8, 8), Image.Resampling.LANCZOS)))
+    data.convert(str(tmp_path / 'photos'), str(tmp_path / 'wide.zip'), resolution=(16, 8), transform='center-crop-wide')
+    wide = data.ImageDataset(str(tmp_path / 'wide.zip'))
+    canvas = Image.new('RGB', (16, 16))  # rows 30 * 16 / 40 = 12 high, centred: 9..21; then 16x8 centred on 16x16
+    canvas.paste(pil.crop((0, 9, 40, 21)).resize((16, 8), Image.Resampling.LANCZOS), (0, 4))
+    assert len(wide) == 1 and wide.resolution == 16 and np.array_equal(wide.image(0).transpose(1, 2, 0), np.asarray(canvas))
+    assert data.main(['convert', '--source', str(tmp_path / 'photos'), '--dest', str(tmp_path / 'w2.zip'),
+                      '--resolution', '16x8', '--transform', 'center-crop-wide']) is None
+    assert open(tmp_path / 'w2.zip', 'rb').read() == open(tmp_path / 'wide.zip', 'rb').read()
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -67,26 +67,10 @@ RESNET_DLR = 2e-3  # the ResNet D's equalized-lr layers train at StyleGAN2's lr 
 # ------------------------------------------------------------------------------------------------------------------
 # Flags. Every mistake a user can type ends in one line on stderr.
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block
-        sys.exit(f'error: {message} (python train.py --help lists the flags)')
-
-
-def number(kind, low, inclusive=False):
-    """An argparse type: a finite number above low (at least low if inclusive)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a {kind.__name__}') from None
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f'{text} must be {">=" if inclusive else ">"} {low}')
-        return value
-    return parse
-
-
-POSITIVE, POSITIVE_INT, NONNEG, NONNEG_INT = number(float, 0), number(int, 0), number(float, 0, True), number(int, 0, True)
-parser = Parser(description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.', allow_abbrev=False)
+POSITIVE, POSITIVE_INT = ckpt.number(float, 0), ckpt.number(int, 0)
+NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, inclusive=True)
+parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
+                     allow_abbrev=False)
 parser.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
 parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use class labels (default: the preset, else 1)')
 parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')

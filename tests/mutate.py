@@ -1,0 +1,149 @@
+"""Plant realistic one-line bugs one at a time and report which ones the test suite catches (not part of the suite).
+
+    python tests/mutate.py                        # every mutant against the whole suite (about 1 hour on 2 CPU cores)
+    python tests/mutate.py --list                 # the mutants and what each breaks
+    python tests/mutate.py --only ema-per-iteration,fid-bgr
+    python tests/mutate.py -k "train or fid"      # a subset of the suite: faster, and fewer catches
+
+Each mutant replaces an exact piece of code. The project is copied to a temporary directory beside a link to
+../shared (the tests read their fixtures there), the mutant is applied, and `pytest -x` runs there: a failing test
+catches it, a passing suite lets it survive. The mutated file's own tests run first (test_<file>_...), then the
+rest: a caught mutant costs seconds, a survivor the whole suite. A mutant whose text is no longer in the code is
+reported as stale: update the list with the code. Keep the kill rate as the project grows: add a mutant for every
+bug that got through.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file, [(exact text, replacement), ...], what the bug does)
+MUTANTS = [
+    ('eps-shift', 'unet.py', [('c_skip = sd ** 2 / ((s - eps) ** 2 + sd ** 2)', 'c_skip = sd ** 2 / (s ** 2 + sd ** 2)'),
+                              ('c_out = (s - eps) * sd / math.sqrt', 'c_out = s * sd / math.sqrt')],
+     "the one-step generator's boundary coefficients without D2O's epsilon shift (EDM's plain ones)"),
+    ('generator-dropout', 'unet.py', [('augment_dim=0, dropout=0)', 'augment_dim=0)')],
+     "the generator keeps EDM's dropout in training (the official D2O configs set 0)"),
+    ('r1-weight-interval', 'train.py', [('r1_weight = run.args.r1_interval * run.args.r1_gamma / 2', 'r1_weight = run.args.r1_gamma / 2')],
+     'the lazy R1 weight not multiplied by its interval'),
+    ('r1-iteration', 'train.py', [('run.it > 0 and run.it % run.args.r1_interval == 0', 'run.it % run.args.r1_interval == run.args.r1_interval - 1')],
+     'lazy R1 one iteration early'),
+    ('ema-per-iteration', 'train.py', [('beta = 0.5 ** (args.batch / max(half_life, 1e-8))', 'beta = 0.5 ** (1 / max(half_life, 1e-8))')],
+     'the EMA half-life counted in iterations instead of images'),
+    ('ema-no-rampup', 'train.py', [('half_life = min(args.ema * 1000, args.ema_rampup * nimg) if args.ema_rampup else args.ema * 1000', 'half_life = args.ema * 1000')],
+     'the EMA ramp-up ignored'),
+    ('lr-rampup-units', 'train.py', [('min(run.nimg / (args.lr_rampup * 1000), 1)', 'min(run.nimg / args.lr_rampup, 1)')],
+     'the lr warm-up counted in images instead of kimg'),
+    ('lazy-dlr', 'train.py', [("group['lr'], group['betas'] = args.dlr * lazy,", "group['lr'], group['betas'] = args.dlr,")],
+     "D's learning rate not scaled by interval/(interval+1) for lazy R1"),
+    ('lazy-beta2', 'train.py', [("(0.0, 0.99 ** lazy)\n\n", "(0.0, 0.99)\n\n")],
+     "D's beta2 not scaled by interval/(interval+1) for lazy R1"),
+    ('accum-sum', 'train.py', [('.sum() / run.per_gpu', '.sum() / run.args.batch_gpu')],
+     'losses summed over accumulation steps instead of averaged'),
+    ('rank-loss-sum', 'train.py', [('        total /= run.world\n', '')],
+     'the logged loss summed over ranks instead of averaged'),
+    ('same-noise-g-d', 'train.py', [('z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])', 'z_g = z_d = global_randn(run, x.shape[1:])')],
+     'the G and D steps share one z (D2O draws fresh noise per stage)'),
+    ('noise-rank-share', 'train.py', [('share = slice(run.rank * run.per_gpu,', 'share = slice(0 * run.per_gpu,')],
+     'every rank uses the same noise'),
+    ('sampler-rank-offset', 'data.py', [('start = nimg + rank * per_rank', 'start = nimg')],
+     'the data sampler not offset by rank: every rank trains on the same images'),
+    ('saturating-g-loss', 'train.py', [('return sum(F.softplus(-l).flatten(1).mean(1) for l in logits)', 'return sum(-F.softplus(l).flatten(1).mean(1) for l in logits)')],
+     'the saturating G loss instead of the non-saturating one'),
+    ('edm-loss-weight', 'train.py', [('weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2', 'weight = 1 / sigma ** 2')],
+     "EDM's loss weight replaced by 1/sigma^2"),
+    ('edm-sigma-mean', 'train.py', [('* 1.2 - 1.2).exp()', '* 1.2 + 1.2).exp()')],
+     "EDM's training noise levels centred at ln sigma = +1.2 instead of -1.2"),
+    ('fid-bgr', 'fid.py', [('x = images.to(torch.float32)', 'x = images.flip(1).to(torch.float32)')],
+     'the FID detector fed BGR instead of RGB'),
+    ('fid-biased-cov', 'fid.py', [('n * torch.outer(mu, mu)) / (n - 1)', 'n * torch.outer(mu, mu)) / n')],
+     'the biased covariance in the FID statistics'),
+    ('projected-d-mean-std', 'disc.py', [("vgg16_bn-6c64b313.pth', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))", "vgg16_bn-6c64b313.pth', (0.229, 0.224, 0.225), (0.485, 0.456, 0.406))")],
+     "VGG16-BN's normalisation mean and std swapped in the projected D"),
+    ('projected-d-align-corners', 'disc.py', [("size=(224, 224), mode='bilinear', align_corners=False)", "size=(224, 224), mode='bilinear', align_corners=True)")],
+     "the projected D's resize to 224 with align_corners=True"),
+    ('heun-no-correction', 'sample.py', [('        if i < num_steps - 1:  # Heun', '        if False:  # Heun')],
+     "EDM's sampler without its second-order correction"),
+    ('quantize-round', 'sample.py', [('(x * 127.5 + 128).clip(0, 255)', '(x * 127.5 + 127.5).clip(0, 255)')],
+     "uint8 quantization truncating instead of EDM's round-half-up"),
+    ('state-no-crc', 'ckpt.py', [('bad = z.testzip()', 'bad = None')],
+     'training states loaded without checking their CRCs'),
+    ('resume-no-opt-d', 'train.py', [("run.D.load_state_dict(state['D']), run.opt_D.load_state_dict(state['opt_D'])", "run.D.load_state_dict(state['D'])")],
+     "a resume without D's optimizer state"),
+    ('freeze-skip-rule', 'freeze.py', [("in_block = any(s in name for s in ('block', 'up', 'down', 'in'))", "in_block = any(s in name for s in ('block', 'up', 'down'))")],
+     "D2O-F's rule missing the 'in' blocks"),
+]
+
+
+def run_suite(tree, file, select, timeout):
+    """pytest -x in tree: first the tests of the mutated file (named test_<file>_...), then the rest, so that a
+    caught mutant costs seconds and a survivor has met the whole suite (or the -k selection). (outcome, test)."""
+    stem = os.path.splitext(file)[0]
+    stages = [f'({select}) and {stem}', f'({select}) and not {stem}'] if select else [stem, f'not {stem}']
+    for stage in stages:
+        cmd = [sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', 'test_all.py', '-k', stage]
+        try:
+            r = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 'timeout', stage
+        failed = re.findall(r'^(?:FAILED|ERROR) test_all\.py::(\S+)', r.stdout, re.M)
+        if r.returncode not in (0, 5):  # 5: no test selected
+            return 'caught', failed[0] if failed else (r.stdout.strip().splitlines() or [''])[-1]
+    return 'survived', ''
+
+
+def main():
+    parser = argparse.ArgumentParser(description='Mutation check of the test suite: which planted bugs does it catch?')
+    parser.add_argument('--only', default=None, help='comma-separated mutant names (default: all)')
+    parser.add_argument('-k', dest='select', default=None, help="pytest -k expression: run only part of the suite")
+    parser.add_argument('--timeout', type=float, default=1800, help='seconds per mutant before it counts as a timeout')
+    parser.add_argument('--list', action='store_true', help='list the mutants and exit')
+    args = parser.parse_args()
+    names = [m[0] for m in MUTANTS]
+    chosen = args.only.split(',') if args.only else names
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        sys.exit(f'error: unknown mutant(s) {", ".join(unknown)}; --list shows them')
+    if args.list:
+        for name, file, _, what in MUTANTS:
+            print(f'{name:28s} {file:10s} {what}')
+        return
+    shared = os.path.realpath(os.path.join(ROOT, '..', 'shared'))
+    if not os.path.isdir(shared):
+        sys.exit(f'error: {shared} not found; the tests need ../shared/fixtures beside the project')
+    results = []
+    with tempfile.TemporaryDirectory(prefix='d2o-mutate-') as tmp:
+        os.symlink(shared, os.path.join(tmp, 'shared'))
+        for name, file, edits, what in (m for m in MUTANTS if m[0] in chosen):
+            tree = os.path.join(tmp, 'project')
+            shutil.rmtree(tree, ignore_errors=True)
+            shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns('.git', 'runs', 'refs', 'out', '__pycache__', '*.zip'))
+            path = os.path.join(tree, file)
+            source = open(path).read()
+            if any(source.count(old) != 1 for old, _ in edits):
+                results.append((name, 'stale', f'text not found once in {file}', 0.0, what))
+            else:
+                for old, new in edits:
+                    source = source.replace(old, new)
+                open(path, 'w').write(source)
+                t0 = time.time()
+                outcome, test = run_suite(tree, file, args.select, args.timeout)
+                results.append((name, outcome, test, time.time() - t0, what))
+            name, outcome, test, seconds, _ = results[-1]
+            print(f'{name:28s} {outcome:9s} {seconds:6.0f}s  {test}', flush=True)
+    counts = {k: sum(r[1] == k for r in results) for k in ('caught', 'survived', 'stale', 'timeout')}
+    print(f'\n{len(results)} mutants: ' + ', '.join(f'{v} {k}' for k, v in counts.items()))
+    for name, outcome, _, _, what in results:
+        if outcome != 'caught':
+            print(f'  {outcome}: {name} ({what})')
+
+
+if __name__ == '__main__':
+    main()
