@@ -281,8 +281,10 @@ def load_backbone(name, path=None):
     return net
 
 
-def backbones_available(names):
-    return all(os.path.isfile(os.path.join(ckpt.cache_dir(), os.path.basename(BACKBONES[n][1]))) for n in names)
+def missing_backbones(names):
+    """The cache paths of the named backbones' weight files that are not there yet."""
+    paths = [os.path.join(ckpt.cache_dir(), os.path.basename(BACKBONES[n][1])) for n in names]
+    return [path for path in paths if not os.path.isfile(path)]
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projected discriminator.

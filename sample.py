@@ -129,8 +129,9 @@ def load_sampler(src, raw=False, steps=None, churn=None, device='cpu'):
     return Sampler(net, 'heun', **kw), meta
 
 
-def save_grid(images, path, cols=None):
-    """uint8 [N,C,H,W] -> one PNG, cols images per row."""
+def save_grid(images, path, cols=None, min_width=512):
+    """uint8 [N,C,H,W] -> one PNG, cols images per row, upscaled by a whole factor (nearest neighbour: pixels stay
+    crisp) to at least min_width pixels, so that a viewer does not show a grid of 16x16 images as a stamp."""
     images = images.cpu().numpy() if torch.is_tensor(images) else np.asarray(images)
     n, c, h, w = images.shape
     cols = cols or int(math.ceil(math.sqrt(n)))
@@ -139,6 +140,8 @@ def save_grid(images, path, cols=None):
     for i, img in enumerate(images):
         r, k = divmod(i, cols)
         grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img.transpose(1, 2, 0)
+    scale = max(1, -(-min_width // (cols * w)))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
 

@@ -707,12 +707,33 @@ def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, 
     for name, path in backbone_files.items():  # as a user places the public files in the cache
         os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
     monkeypatch.setenv('D2O_CACHE', str(cache))
-    state = run_train(tiny, tmp_path / 'pd', '--disc', 'projected', '--batch', '2', '--kimg', '0.004')
+    state = run_train(tiny, tmp_path / 'pd', '--batch', '2', '--kimg', '0.004')  # --disc auto, a custom dataset
     heads_cond = 8 * (63 * 16 * 512 + 4 * 64)  # 8 heads: a 64-d output conv and a 4-class embedding instead of 1 logit
-    assert f'D: ProjectedD on vgg16_bn + efficientnet_lite0, {20662656 + heads_cond:,} trainable' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f'D: ProjectedD on vgg16_bn + efficientnet_lite0, {20662656 + heads_cond:,} trainable' in out
+    assert '--disc auto: projected (backbone files found)' in out and '--cond 1: the network has label_dim 4' in out
+    # The projected D's defaults for a custom dataset: the official CIFAR-10 recipe's D lr and R1 weight.
+    assert (state['args']['disc'], state['args']['dlr'], state['args']['r1_gamma']) == ('projected', 1e-4, 1e-4 / 64)
     init = {k: fixture_weight('features.' + k.split('features.')[1], list(v.shape), v.dtype)
             for k, v in state['D'].items() if 'nets.vgg16_bn.features.' in k}
     assert init and all(torch.equal(state['D'][k], v) for k, v in init.items())  # frozen backbone unchanged
+
+
+def test_train_defaults_follow_the_network_and_the_d(tiny, tmp_path, monkeypatch, capsys):
+    """No backbone files: --disc auto takes the ResNet D, says why, and uses its lr and R1 weight; --cond follows
+    the network, so an unconditional teacher trains on a labelled dataset without flags."""
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path / 'empty'))
+    torch.manual_seed(0)
+    uncond = unet.EDMPrecond(img_resolution=8, img_channels=3, label_dim=0, model_type='SongUNet', model_channels=16,
+                             channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    ckpt.save_checkpoint(str(tmp_path / 'uncond.pt'), uncond, kind='denoiser')
+    train.main(['--data', tiny['data'], '--init', str(tmp_path / 'uncond.pt'), '--batch', '8', '--dwidth', '8',
+                '--fid-num', '0', '--kimg', '0.008', '--rundir', str(tmp_path / 'run')])
+    out = capsys.readouterr().out
+    assert '--cond 0: the network has label_dim 0' in out and 'label_dim 0)' in out
+    assert '--disc auto: resnet (' in out and 'vgg16_bn-6c64b313.pth' in out and 'not in the cache' in out
+    args = newest_state(tmp_path / 'run')['args']
+    assert (args['cond'], args['disc'], args['dlr'], args['r1_gamma']) == (0, 'resnet', 2e-3, 0.1)
 
 
 def torchrun_train(tiny, run, *extra, nproc=2, env=None):
@@ -1013,6 +1034,11 @@ def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
     expect = sample.quantize(sample.Sampler(G, 'generator')([1000], 'cpu')[0])[0].permute(1, 2, 0).numpy()
     assert np.array_equal(pack['arr_0'][-1], expect)
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)
+    # The grid: 11 images of 16x16 in 4 columns = 64 px, upscaled x8 (nearest) to 512 px; its pixels are the samples'.
+    grid = np.asarray(Image.open(tmp_path / 'grid.png'))
+    assert grid.shape == (3 * 16 * 8, 512, 3)
+    last = grid[2 * 128:2 * 128 + 128, 2 * 128:3 * 128]  # image 10 (seed 1000): row 2, column 2
+    assert np.array_equal(last, np.kron(expect, np.ones((8, 8, 1), np.uint8)))
 
 
 def _torchrun(script, *argv, nproc=2):

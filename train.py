@@ -39,30 +39,31 @@ import freeze
 import sample
 import unet
 
-# Per-dataset recipes (the official D2O code's train.sh). Its losses sum over the per-GPU batch (64 images; 128 on
+# Per-dataset recipes (the official D2O code's train.sh; dlr and r1_gamma are the projected D's). Its losses sum over the per-GPU batch (64 images; 128 on
 # ImageNet) while R1 is a batch mean, so R1's effective weight is gamma / B_gpu against a per-sample GAN loss. Ours
 # are batch means (the balance no longer depends on the GPU count), so r1_gamma = 1e-4 / B_gpu of the official run.
 PRESETS = {
-    'cifar10': dict(data='datasets/cifar10-32x32.zip', cond=False, init='edm-cifar10-32x32-uncond-ve',
+    'cifar10': dict(data='datasets/cifar10-32x32.zip', init='edm-cifar10-32x32-uncond-ve',
                     lr=1e-4, dlr=1e-4, batch=256, kimg=5000, r1_gamma=1e-4 / 64, ema=500),
-    'cifar10-cond': dict(data='datasets/cifar10-32x32.zip', cond=True, init='edm-cifar10-32x32-cond-ve',
+    'cifar10-cond': dict(data='datasets/cifar10-32x32.zip', init='edm-cifar10-32x32-cond-ve',
                          lr=1e-4, dlr=1e-4, batch=256, kimg=5000, r1_gamma=1e-4 / 64, ema=500),
-    'afhqv2-64': dict(data='datasets/afhqv2-64x64.zip', cond=False, init='edm-afhqv2-64x64-uncond-ve',
+    'afhqv2-64': dict(data='datasets/afhqv2-64x64.zip', init='edm-afhqv2-64x64-uncond-ve',
                       lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
-    'ffhq-64': dict(data='datasets/ffhq-64x64.zip', cond=False, init='edm-ffhq-64x64-uncond-ve',
+    'ffhq-64': dict(data='datasets/ffhq-64x64.zip', init='edm-ffhq-64x64-uncond-ve',
                     lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
-    'imagenet64': dict(data='datasets/imagenet-64x64.zip', cond=True, init='edm-imagenet-64x64-cond-adm',
+    'imagenet64': dict(data='datasets/imagenet-64x64.zip', init='edm-imagenet-64x64-cond-adm',
                        lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    'toy': dict(data=data.toy_path(16), cond=True, init='assets/toy-edm.pt',
-                lr=1e-4, dlr=1e-4, batch=16, kimg=12, r1_gamma=0.1, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+    'toy': dict(data=data.toy_path(16), init='assets/toy-edm.pt', disc='resnet',
+                lr=1e-4, batch=16, kimg=12, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
-CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=0.1, ema=500)  # any other --data
+CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 # Architectures for --init random when the init source is not a file (the toy teacher's).
 ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
                      channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.0, embedding_type='positional',
                      encoder_type='standard', decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1])}
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
-RESNET_DLR = 2e-3  # the ResNet D's equalized-lr layers train at StyleGAN2's lr scale (presets' dlr: the projected D)
+# The ResNet D's own defaults: its equalized-lr layers train at StyleGAN2's lr scale, and its R1 weight is the toy's.
+RESNET = dict(dlr=2e-3, r1_gamma=0.1)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Flags. Every mistake a user can type ends in one line on stderr.
@@ -72,7 +73,7 @@ NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, 
 parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
                      allow_abbrev=False)
 parser.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
-parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use class labels (default: the preset, else 1)')
+parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help="use class labels (default: 1 if the network has them)")
 parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
 parser.add_argument('--arch', default=None, help='architecture for --init random: official name, "toy", or a checkpoint')
 parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F (2, 3: more)')
@@ -82,9 +83,9 @@ parser.add_argument('--batch', type=POSITIVE_INT, default=None, help='total batc
 parser.add_argument('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated to batch/world)')
 parser.add_argument('--kimg', type=POSITIVE, default=None, help='duration in thousands of images (raise it to extend a run)')
 parser.add_argument('--lr', type=POSITIVE, default=None, help='G learning rate (Adam, betas (0, 0.99); EDM loss (0.9, 0.999))')
-parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
+parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1; default per D)')
 parser.add_argument('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
-parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (batch-mean losses)')
+parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (batch-mean losses; default per D)')
 parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations (official: 16)')
 parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life at most this fraction of images seen')
@@ -154,12 +155,11 @@ def resolve_flags(argv, world, device, log):
         sys.exit(f'error: --resume {e}')
     changes = resume_flags(args, typed, state['args'], state_path) if state else []
     preset, edm = PRESETS.get(args.data, dict(CUSTOM, data=args.data)), args.loss == 'edm'
-    defaults = dict(init=preset['init'], batch=preset['batch'], kimg=preset['kimg'], r1_gamma=preset['r1_gamma'],
+    defaults = dict(init=preset['init'], batch=preset['batch'], kimg=preset['kimg'],
                     lr=EDM_LOSS['lr'] if edm else preset['lr'], lr_rampup=EDM_LOSS['lr_rampup'] if edm else 0,
                     ema=EDM_LOSS['ema'] if edm else preset['ema'], dwidth=preset.get('dwidth', 64),
                     precision='bf16' if device.type == 'cuda' else 'fp32', tick=max(preset['kimg'] / 20, 1),
-                    snap=preset['kimg'] / 4, fid_num=preset.get('fid_num', 5000), fid_ref=preset.get('fid_ref', 50000),
-                    cond=int(preset.get('cond', True)))
+                    snap=preset['kimg'] / 4, fid_num=preset.get('fid_num', 5000), fid_ref=preset.get('fid_ref', 50000))
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -312,15 +312,14 @@ def build_net(args, preset):
     return cls(**kwargs).train(), f'random ({src} architecture)'
 
 
-def build_run(args, preset, dataset, rank, world, device):
+def build_run(args, preset, net, source, dataset, rank, world, device, log):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
     optimizers, the AMP context, and the counters, in one namespace that the step functions read."""
-    net, source = build_net(args, preset)
     if (net.img_resolution, net.img_channels, net.label_dim) != (dataset.resolution, dataset.num_channels, dataset.label_dim):
+        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
         sys.exit(f'error: the network ({source}) is {net.img_channels}x{net.img_resolution}x{net.img_resolution} with '
                  f'label_dim {net.label_dim}, but {dataset.path} holds {dataset.num_channels}x{dataset.resolution}x'
-                 f'{dataset.resolution} images with label_dim {dataset.label_dim}{" (labels off: --cond 0)" if not args.cond else ""}. '
-                 f'Pick a matching --init/--data.')
+                 f'{dataset.resolution} images with label_dim {dataset.label_dim}{hint}. Pick a matching --init/--data.')
     run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0, D=None, D_ddp=None,
                                 opt_D=None, d_params=[], per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
     run.kind, lazy = LOSSES[args.loss][1], args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
@@ -330,9 +329,14 @@ def build_run(args, preset, dataset, rank, world, device):
         run.G = unet.D2OGenerator(unet.generator_net(net))
         pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG at 32x32, DeiT at 64x64
         if args.disc == 'auto':
-            official = args.data in PRESETS and args.data != 'toy'
-            args.disc = 'projected' if official and disc.backbones_available(pair) else 'resnet'
-        args.dlr = args.dlr or (RESNET_DLR if args.disc == 'resnet' else preset['dlr'])
+            missing = disc.missing_backbones(pair)
+            args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
+            why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not in the cache; fetch them with '
+                   f'`python ckpt.py --download URL` (disc.py lists the URLs)' if missing else 'backbone files found')
+            log(f'--disc auto: {args.disc} ({why})')
+        recipe = RESNET if args.disc == 'resnet' else dict(CUSTOM, **preset)  # the toy's projected D: CUSTOM's
+        args.dlr = args.dlr or recipe['dlr']
+        args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
         torch.manual_seed(args.seed)
         try:
             D = disc.ProjectedD(pair, dataset.label_dim, seed=args.seed) if args.disc == 'projected' else \
@@ -460,11 +464,15 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
         data.make_toy(path)
     if world > 1:
         torch.distributed.barrier()
+    net, source = build_net(args, preset)
+    if args.cond is None:
+        args.cond = int(net.label_dim > 0)
+        log(f'--cond {args.cond}: the network has label_dim {net.label_dim}')
     try:
         dataset = data.ImageDataset(path, use_labels=bool(args.cond))
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
-    run = build_run(args, preset, dataset, rank, world, device)
+    run = build_run(args, preset, net, source, dataset, rank, world, device, log)
     if state:
         load_state(run, state)
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg' + (f'; changed: {", ".join(changes)}' if changes else ''))
