@@ -31,6 +31,7 @@ import pickle
 import re
 import struct
 import sys
+import time
 import urllib.request
 import zipfile
 from collections import OrderedDict
@@ -41,7 +42,7 @@ import torch
 import unet
 
 # ----------------------------------------------------------------------------------------------------------------
-# Command lines: every mistake a user can type ends in one line on stderr (train.py and data.py use these).
+# Command lines: every mistake a user can type ends in one line on stderr, and long steps show their progress.
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of the usage block
@@ -59,6 +60,28 @@ def number(kind, low, inclusive=False):
             raise argparse.ArgumentTypeError(f'{text} must be {">=" if inclusive else ">"} {low}')
         return value
     return parse
+
+
+class Progress:
+    """Progress of a long step: done/total, rate and ETA on one line that updates in place on a terminal, or a plain
+    line every `every` seconds (and at the end) when stdout is a file or a CI log. show=False (ranks other than 0)
+    prints nothing. update() takes the count of this step, or the estimate over all ranks."""
+
+    def __init__(self, what, total, show=True, unit='images', every=30.0):
+        self.what, self.total, self.show, self.unit, self.every = what, total, show, unit, every
+        self.done, self.start, self.last, self.tty = 0, time.time(), time.time(), sys.stdout.isatty()
+        if show and not self.tty:
+            print(f'{what}: {total} {unit} ...', flush=True)
+
+    def update(self, count):
+        self.done += count
+        now, finished = time.time(), self.done >= self.total
+        if not self.show or not (self.tty or finished or now - self.last >= self.every):
+            return
+        self.last, rate = now, self.done / max(now - self.start, 1e-9)
+        line = (f'{self.what}: {self.done} {self.unit} in {now - self.start:.0f} s ({rate:.1f}/s)' if finished else
+                f'{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, ETA {(self.total - self.done) / rate / 60:.1f} min')
+        print('\r' + line.ljust(90) if self.tty else line, end='\n' if finished or not self.tty else '', flush=True)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Safe loading of EDM's persistence pickles (EDM's torch_utils/persistence.py writes them). EDM's own loader exec()s the source code embedded in

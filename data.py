@@ -12,6 +12,7 @@ Images are uint8 CHW, labels one-hot.
 """
 
 import argparse
+import hashlib
 import importlib
 import io
 import json
@@ -141,6 +142,16 @@ class ImageDataset:
     def _read(self, name):
         return read_member(self.path, self._zip, name)
 
+    def fingerprint(self):
+        """A short hash of every member's name and CRC (zip) or size and mtime (folder): it changes when the
+        dataset does, so statistics cached under it never go stale."""
+        if self._zip is not None:
+            items = [(i.filename, i.CRC, i.file_size) for i in self._zip.infolist()]
+        else:
+            items = [(n, os.stat(os.path.join(self.path, n)).st_size, os.stat(os.path.join(self.path, n)).st_mtime_ns)
+                     for n in self.names]
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:10]
+
     def __len__(self):
         return len(self.names)
 
@@ -195,7 +206,7 @@ class InfiniteSampler:
 # ----------------------------------------------------------------------------------------------------------------
 # Writing EDM's layout.
 
-def write_dataset(dest, images, labels=None, log=None):
+def write_dataset(dest, images, labels=None, progress=None):
     """images: iterable of uint8 HWC arrays, or None for an image the transform skipped (its number stays unused, as
     in EDM's tool); labels: one int per image, or None. Uncompressed PNGs, fixed timestamps, written to a temporary
     file and renamed, so the output is deterministic and never half-written. Returns the number written."""
@@ -204,8 +215,8 @@ def write_dataset(dest, images, labels=None, log=None):
     def write(f):
         with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as z:
             for i, img in enumerate(images):
-                if log and i and i % 10000 == 0:
-                    log(f'{i} images ...')
+                if progress:
+                    progress.update(1)
                 if img is None:
                     continue
                 name = f'{i // 1000:05d}/img{i:08d}.png'
@@ -394,8 +405,7 @@ def convert(source, dest, resolution=None, transform=None, overwrite=False, log=
                 raise DatasetError(f'{where} is {img.shape[1]}x{img.shape[0]} but {first[0][0]} is '
                                    f'{first[0][1][1]}x{first[0][1][0]}: give --resolution R to bring every image to one size')
             yield img
-    log(f'converting {len(names)} images from {source} ...')
-    n = write_dataset(dest, images(), labels, log)
+    n = write_dataset(dest, images(), labels, ckpt.Progress(f'converting {source}', len(names), show=log is print))
     skipped = f' ({len(names) - n} too small for center-crop-wide, skipped)' if n < len(names) else ''
     log(f'wrote {n} images{" with labels" if labels else ""} to {dest}{skipped}')
 

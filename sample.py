@@ -13,13 +13,11 @@ same image whatever the batch size or number of ranks. EDM's generate.py uses CU
 equal EDM's; CPU generators give other (equally valid) latents.
 """
 
-import argparse
 import contextlib
 import gc
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -82,6 +80,8 @@ def latents_and_labels(rnd, n, net, device, class_idx=None):
     z = rnd.randn([n, net.img_channels, net.img_resolution, net.img_resolution], device=device)
     labels = None
     if net.label_dim:
+        if class_idx is not None and not 0 <= class_idx < net.label_dim:
+            raise ValueError(f'--class {class_idx} is out of range: the network has {net.label_dim} classes (0-{net.label_dim - 1})')
         idx = rnd.randint(net.label_dim, size=[n], device=device)
         labels = torch.eye(net.label_dim, device=device)[idx]
         if class_idx is not None:
@@ -196,14 +196,14 @@ def rank_batches(seeds, batch, rank, world):
 
 
 def main():
-    parser = argparse.ArgumentParser(description='Sample images with per-seed determinism.')
+    parser = ckpt.Parser(prog='sample.py', description='Sample images with per-seed determinism.', allow_abbrev=False)
     parser.add_argument('--net', required=True, help='our checkpoint, EDM .pkl path/URL, or official EDM name')
     parser.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
-    parser.add_argument('--class', dest='class_idx', type=int, default=None, help='fixed class (conditional nets)')
-    parser.add_argument('--batch', type=int, default=64, help='images per batch per rank (does not change the images)')
+    parser.add_argument('--class', dest='class_idx', type=ckpt.number(int, 0, inclusive=True), default=None, help='fixed class (conditional nets)')
+    parser.add_argument('--batch', type=ckpt.number(int, 0), default=64, help='images per batch per rank (does not change the images)')
     parser.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(80z; 80)")
-    parser.add_argument('--steps', type=int, default=None, help='Heun steps (default: EDM recommended for the net)')
-    parser.add_argument('--churn', type=float, default=None, help='S_churn for stochastic Heun')
+    parser.add_argument('--steps', type=ckpt.number(int, 0), default=None, help='Heun steps (default: EDM recommended for the net)')
+    parser.add_argument('--churn', type=ckpt.number(float, 0, inclusive=True), default=None, help='S_churn for stochastic Heun')
     parser.add_argument('--outdir', default=None, help='write {seed:06d}.png here')
     parser.add_argument('--subdirs', action='store_true', help='thousand-subfolders as EDM: {seed - seed%%1000:06d}/')
     parser.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
@@ -215,7 +215,7 @@ def main():
         seeds = parse_seeds(args.seeds)
         if rank == 0:
             print(f'{args.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')
-        packed, t0, done = [], time.time(), 0
+        packed, progress = [], ckpt.Progress('sampling', len(seeds), show=rank == 0)
         for batch in rank_batches(seeds, args.batch, rank, world):
             if not batch:
                 continue
@@ -227,9 +227,7 @@ def main():
                     os.makedirs(folder, exist_ok=True)
                     Image.fromarray(img.permute(1, 2, 0).squeeze(2).numpy()).save(os.path.join(folder, f'{seed:06d}.png'))
             packed.append((batch, images, labels.argmax(1).cpu() if labels is not None else None))
-            done += len(batch)
-            if rank == 0:
-                print(f'{done * world}/{len(seeds)} images, {done / (time.time() - t0):.1f} img/s per rank', flush=True)
+            progress.update(len(batch) * world)
         if world > 1:
             gathered = [None] * world
             torch.distributed.all_gather_object(gathered, packed)

@@ -1034,6 +1034,10 @@ def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
     expect = sample.quantize(sample.Sampler(G, 'generator')([1000], 'cpu')[0])[0].permute(1, 2, 0).numpy()
     assert np.array_equal(pack['arr_0'][-1], expect)
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'png' / '001000' / '001000.png')), expect)
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(generator), '--class', '1000'],
+                       capture_output=True, text=True, cwd=HERE)
+    expected = f'out of range: the network has {net.label_dim} classes' if net.label_dim else 'the network is unconditional'
+    assert r.returncode != 0 and r.stderr.count('\n') == 1 and expected in r.stderr, r.stderr
     # The grid: 11 images of 16x16 in 4 columns = 64 px, upscaled x8 (nearest) to 512 px; its pixels are the samples'.
     grid = np.asarray(Image.open(tmp_path / 'grid.png'))
     assert grid.shape == (3 * 16 * 8, 512, 3)
@@ -1068,6 +1072,16 @@ def test_sample_and_fid_two_ranks_equal_one_process(tmp_path):
     a, b = np.load(ref_one), np.load(ref_two)
     np.testing.assert_allclose(b['mu'], a['mu'], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(b['sigma'], a['sigma'], rtol=1e-5, atol=1e-6)
+    # The image-count flag under torchrun (which would take EDM's --num for its own --numa-binding): a seeded subset
+    # of 6 of the 9 images, the same over 2 ranks as in one process, and different from all 9.
+    sub_one, sub_two = str(tmp_path / 'sub1.npz'), str(tmp_path / 'sub2.npz')
+    subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'ref', '--data', images, '--dest', sub_one, '--count', '6',
+                    '--detector', _bundled_detector()], check=True, capture_output=True, cwd=HERE)
+    r = _torchrun('fid.py', 'ref', '--data', images, '--dest', sub_two, '--count', '6', '--batch', '2', '--detector', _bundled_detector())
+    assert 'statistics of' in r.stdout and '6 images in' in r.stdout  # progress, with stdout not a terminal
+    c, d = np.load(sub_one), np.load(sub_two)
+    np.testing.assert_allclose(d['mu'], c['mu'], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(c['mu'], a['mu'])
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -1214,16 +1228,31 @@ def test_fid_cli_ref_calc_spectrum(tmp_path):
     assert r.returncode == 0, r.stderr
     ref = np.load(tmp_path / 'b.npz')
     assert ref['mu'].dtype == np.float64 and ref['sigma'].shape == (2048, 2048)
-    out1 = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '12').stdout
-    out2 = run('calc', '--images', a, '--images2', b, '--num', '12', '--batch', '7').stdout
+    out1 = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--count', '12').stdout
+    out2 = run('calc', '--images', a, '--images2', b, '--count', '12', '--batch', '7').stdout
     f1, f2 = (float(o.split('FID ')[1].split()[0]) for o in (out1, out2))
     assert f1 > 0 and f1 == pytest.approx(f2, rel=1e-6)  # same sets, two paths, two batch sizes
-    r = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--num', '50')
+    r = run('calc', '--images', a, '--ref', str(tmp_path / 'b.npz'), '--count', '50')
     assert r.returncode != 0 and 'only 12 images, 50 needed' in r.stderr
-    r = run('spectrum', '--images', a, b, '--num', '12', '--dest', str(tmp_path / 'spec'))
+    r = run('calc', '--images', str(tmp_path / 'no-samples'), '--ref', str(tmp_path / 'b.npz'))
+    assert r.returncode != 0 and r.stderr.count('\n') == 1 and 'python sample.py' in r.stderr and 'data.py' not in r.stderr
+    r = run('spectrum', '--images', a, b, '--count', '12', '--dest', str(tmp_path / 'spec'))
     assert r.returncode == 0, r.stderr
     rows = open(tmp_path / 'spec.csv').read().splitlines()
     assert rows[0] == 'radius,a.zip,b.zip' and len(rows) == 1 + 9 and (tmp_path / 'spec.png').exists()
+
+
+def test_fid_reference_cache_follows_the_dataset(tmp_path, monkeypatch, capsys):
+    """In-loop FID caches the training set's statistics in refs/; a dataset regenerated under the same name gets
+    new ones, and the progress of computing them is printed with stdout not a terminal."""
+    monkeypatch.chdir(tmp_path)
+    path = data.make_toy(str(tmp_path / 'd.zip'), n=6, resolution=8, seed=1)
+    first = fid.dataset_stats(path, data.ImageDataset(path), _PixelDetector(), 'cpu', num=6)[0]
+    assert 'FID reference statistics: 6 images ...' in capsys.readouterr().out
+    data.make_toy(path, n=6, resolution=8, seed=2)
+    second = fid.dataset_stats(path, data.ImageDataset(path), _PixelDetector(), 'cpu', num=6)[0]
+    again = fid.dataset_stats(path, data.ImageDataset(path), _PixelDetector(), 'cpu', num=6)[0]
+    assert not np.allclose(first, second) and np.array_equal(second, again) and len(os.listdir('refs')) == 2
 
 
 def test_fid_radial_spectrum_closed_form():
