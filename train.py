@@ -93,7 +93,7 @@ parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projec
                     help='projected: the official D on pretrained backbones; auto: projected for the official presets '
                          'when its weight files are in the cache, else resnet')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
-parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G compute (default: CUDA bf16, CPU fp32)')
+parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
 parser.add_argument('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
 # logging and checkpoints
 parser.add_argument('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
@@ -187,7 +187,7 @@ def d_loss(fake_logits, real_logits):
 def r1_penalty(D, x, labels):
     """||d(sum of all logits)/dx_i||^2 per sample, w.r.t. the real image; create_graph for the double backward."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(sum(l.sum() for l in D(x, labels)), x, create_graph=True)
+    (grad,) = torch.autograd.grad(sum(l.float().sum() for l in D(x, labels)), x, create_graph=True)
     return grad.square().flatten(1).sum(1)
 
 
@@ -210,7 +210,8 @@ class DObjective(torch.nn.Module):
             # for the cost of one sum, where find_unused_parameters would search the graph on every step.
             untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
             return r1_weight * r1_penalty(self.D, real, labels) + untouched
-        return d_loss(self.D(fake, labels), self.D(real, labels))
+        logits = [[l.float() for l in self.D(images, labels)] for images in (fake, real)]  # losses in fp32 under AMP
+        return d_loss(*logits)
 
 # ------------------------------------------------------------------------------------------------------------------
 # One iteration per --loss: run its optimizer steps on the real batch x (labels or None) and return its losses.
@@ -218,24 +219,24 @@ class DObjective(torch.nn.Module):
 def step(run, opt, module, params, micro_loss, stage):
     """zero_grad, accumulate the batch mean over micro-batches (DDP syncs on the last), check finiteness, step."""
     opt.zero_grad(set_to_none=True)
-    total = torch.zeros([], device=run.device)
+    scaler, total = run.scalers['G' if stage == 'G' else 'D'], torch.zeros([], device=run.device)
     for k in range(run.accum):
         with contextlib.nullcontext() if run.world == 1 or k == run.accum - 1 else module.no_sync():
             loss = micro_loss(slice(k * run.args.batch_gpu, (k + 1) * run.args.batch_gpu)).sum() / run.per_gpu
-            run.scaler.scale(loss).backward() if stage == 'G' else loss.backward()
+            scaler.scale(loss).backward()
         total += loss.detach()
     if run.world > 1:
         torch.distributed.all_reduce(total)
         total /= run.world
     loss_ok = math.isfinite(total.item())
     grads = [param.grad for param in params if param.grad is not None]
-    grads_ok = run.scaler.is_enabled() and stage == 'G' or all(torch.isfinite(grad).all() for grad in grads)
+    grads_ok = scaler.is_enabled() or all(torch.isfinite(grad).all() for grad in grads)  # fp16: the scaler skips
     if not (loss_ok and grads_ok):
         raise FloatingPointError(f'non-finite {stage} {"gradient" if loss_ok else "loss"} (loss {total.item()}) at iteration '
                                  f'{run.it}, {run.nimg / 1000:.3f} kimg. The last good state is kept in {run.args.rundir}; '
                                  f'lower --lr/--dlr, raise --r1-gamma or use --precision fp32, then rerun to resume from it.')
-    run.scaler.step(opt) if stage == 'G' else opt.step()
-    run.scaler.update() if stage == 'G' else None
+    scaler.step(opt)  # without fp16, opt.step()
+    scaler.update()
     return total.item()
 
 
@@ -254,13 +255,14 @@ def d2o_iteration(run, x, labels):
 
     def g_step(s):
         with run.autocast():
-            fake = run.G_ddp(z_g[s], pick(s))
-        return g_loss(run.D(fake.float(), pick(s)))
+            logits = run.D(run.G_ddp(z_g[s], pick(s)), pick(s))
+        return g_loss([l.float() for l in logits])
 
     def d_step(s):
         with torch.no_grad(), run.autocast():
             fake = run.G(z_d[s], pick(s))
-        return run.D_ddp(x[s], fake.float(), pick(s))
+        with run.autocast():
+            return run.D_ddp(x[s], fake, pick(s))
     for param in run.d_params:  # the G step differentiates through D without updating it
         param.requires_grad_(False)
     losses = dict(loss_G=step(run, run.opt_G, run.G_ddp, run.g_params, g_step, 'G'))
@@ -269,7 +271,9 @@ def d2o_iteration(run, x, labels):
     losses['loss_D'] = step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D')
     if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
         r1_weight = run.args.r1_interval * run.args.r1_gamma / 2
-        r1_step = lambda s: run.D_ddp(x[s], None, pick(s), r1_weight)
+        def r1_step(s):
+            with run.autocast():
+                return run.D_ddp(x[s], None, pick(s), r1_weight)
         losses['loss_R1'] = step(run, run.opt_D, run.D_ddp, run.d_params, r1_step, 'R1')
     return losses
 
@@ -351,7 +355,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     else:
         run.G = net
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
-    run.G.to(device)
+    run.G.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
     run.g_params = [param for param in run.G.parameters() if param.requires_grad]
     run.G_ddp = ddp(run.G)
@@ -359,15 +363,17 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
     amp_dtype = torch.bfloat16 if args.precision == 'bf16' else torch.float16
     run.autocast = lambda: torch.autocast(device.type, amp_dtype) if args.precision != 'fp32' else contextlib.nullcontext()
-    run.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16')
+    run.scalers = {stage: torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16') for stage in 'GD'}
     return run
 
 
 def load_state(run, state):
     """Weights, optimizer moments and counters of a training state; the rates come from the flags (set_rates)."""
     run.G.load_state_dict(state['G']), run.G_ema.load_state_dict(state['G_ema']), run.opt_G.load_state_dict(state['opt_G'])
-    if state['scaler'] and run.scaler.is_enabled():  # an fp32/bf16 run's scaler state is empty
-        run.scaler.load_state_dict(state['scaler'])
+    for stage, scaler in run.scalers.items():  # an fp32/bf16 run's scaler state is empty
+        saved = state.get('scaler_' + stage, state.get('scaler') if stage == 'G' else None)  # 'scaler': older runs
+        if saved and scaler.is_enabled():
+            scaler.load_state_dict(saved)
     if run.D is not None:
         run.D.load_state_dict(state['D']), run.opt_D.load_state_dict(state['opt_D'])
     run.nimg, run.it = state['nimg'], state['it']
@@ -424,8 +430,8 @@ def snapshot(run, loop_fid, kept, rank, log, line=None, final=False):
     if line is not None:
         with open(os.path.join(args.rundir, 'metrics.jsonl'), 'a') as f:
             f.write(json.dumps(dict(line, fid=fid_value)) + '\n')
-    state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(),
-                 scaler=run.scaler.state_dict(), nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
+    state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(), nimg=nimg, it=run.it,
+                 scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(), args=json.loads(json.dumps(vars(args))),
                  fid_history=loop_fid.history if loop_fid else [])
     if run.D is not None:
         state.update(D=run.D.state_dict(), opt_D=run.opt_D.state_dict())
