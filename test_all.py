@@ -1608,6 +1608,17 @@ def test_data_convert_edm_sources_sizes_and_links(tmp_path):
     assert open(tmp_path / 'w2.zip', 'rb').read() == open(tmp_path / 'wide.zip', 'rb').read()
 
 
+def test_bench_flop_count_equals_a_hand_count():
+    """bench.py --flops counts with torch's formulas; for a conv + linear net, forward and backward (weight and input
+    gradients) equal 2 x multiply-adds counted by hand: conv 8x3x3x3 per pixel of 8x8, linear 512 -> 10."""
+    import bench
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 10))
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    forward = 2 * (8 * 3 * 9 * 64 + 512 * 10)
+    assert bench.count_flops(lambda: net(x)) == pytest.approx(forward, rel=0.01)
+    assert bench.count_flops(lambda: net(x).sum().backward()) == pytest.approx(3 * forward, rel=0.01)  # + input and weight grads
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # The README's commands, shortened: the main command and toy_table.py
 
