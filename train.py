@@ -39,9 +39,10 @@ import freeze
 import sample
 import unet
 
-# Per-dataset recipes (the official D2O code's train.sh; dlr and r1_gamma are the projected D's). Its losses sum over the per-GPU batch (64 images; 128 on
-# ImageNet) while R1 is a batch mean, so R1's effective weight is gamma / B_gpu against a per-sample GAN loss. Ours
-# are batch means (the balance no longer depends on the GPU count), so r1_gamma = 1e-4 / B_gpu of the official run.
+# Per-dataset recipes (the official D2O code's train.sh; dlr and r1_gamma are the projected D's). Its losses sum over
+# the per-GPU batch (64 images; 128 on ImageNet) while R1 is a batch mean, so R1's effective weight is gamma / B_gpu
+# against a per-sample GAN loss. Ours are batch means (the balance no longer depends on the GPU count), so
+# r1_gamma = 1e-4 / B_gpu of the official run.
 PRESETS = {
     'cifar10': dict(data='datasets/cifar10-32x32.zip', init='edm-cifar10-32x32-uncond-ve',
                     lr=1e-4, dlr=1e-4, batch=256, kimg=5000, r1_gamma=1e-4 / 64, ema=500),
@@ -73,7 +74,7 @@ NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, 
 parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
                      allow_abbrev=False)
 parser.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
-parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help="use class labels (default: 1 if the network has them)")
+parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use class labels (default: 1 if the network has them)')
 parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
 parser.add_argument('--arch', default=None, help='architecture for --init random: official name, "toy", or a checkpoint')
 parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F (2, 3: more)')
@@ -90,8 +91,8 @@ parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R
 parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life at most this fraction of images seen')
 parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'],
-                    help='projected: the official D on pretrained backbones; auto: projected for the official presets '
-                         'when its weight files are in the cache, else resnet')
+                    help='projected: the official D on pretrained backbones; auto: projected when its weight files are '
+                         'in the cache, else resnet (the toy preset: resnet)')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
 parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
 parser.add_argument('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
@@ -431,8 +432,8 @@ def snapshot(run, loop_fid, kept, rank, log, line=None, final=False):
         with open(os.path.join(args.rundir, 'metrics.jsonl'), 'a') as f:
             f.write(json.dumps(dict(line, fid=fid_value)) + '\n')
     state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(), nimg=nimg, it=run.it,
-                 scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(), args=json.loads(json.dumps(vars(args))),
-                 fid_history=loop_fid.history if loop_fid else [])
+                 scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(),
+                 args=json.loads(json.dumps(vars(args))), fid_history=loop_fid.history if loop_fid else [])
     if run.D is not None:
         state.update(D=run.D.state_dict(), opt_D=run.opt_D.state_dict())
     ckpt.save_state(state, args.rundir, kept)
