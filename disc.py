@@ -205,7 +205,9 @@ class Attention(torch.nn.Module):
     def forward(self, x):
         n, t, c = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # [q; k; v] blocks
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, c))
+        # Written out, as timm's DeiT: R1 differentiates twice through D, which fused attention kernels cannot.
+        attn = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, c))
 
 
 class Mlp(torch.nn.Module):

@@ -434,6 +434,8 @@ def test_disc_projected_backbone_inputs(backbone_files):
             expected = torch.nn.functional.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode='bilinear',
                                                        align_corners=False, antialias=False)
             torch.testing.assert_close(seen[name], expected, rtol=0, atol=1e-5, msg=name)
+        train.r1_penalty(D, x, None).sum().backward()  # R1's double backward, through DeiT's attention too
+        assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in D.heads.parameters())
 
 
 def test_disc_bf16_autocast_matches_fp32(backbone_files):

@@ -69,6 +69,8 @@ MUTANTS = [
      "VGG16-BN's normalisation mean and std swapped in the projected D"),
     ('projected-d-align-corners', 'disc.py', [("size=(224, 224), mode='bilinear', align_corners=False)", "size=(224, 224), mode='bilinear', align_corners=True)")],
      "the projected D's resize to 224 with align_corners=True"),
+    ('deit-fused-attention', 'disc.py', [("return self.proj((attn @ v).transpose(1, 2)", "return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2)")],
+     "DeiT's attention through the fused kernel, which R1's double backward cannot differentiate"),
     ('heun-no-correction', 'sample.py', [('        if i < num_steps - 1:  # Heun', '        if False:  # Heun')],
      "EDM's sampler without its second-order correction"),
     ('quantize-round', 'sample.py', [('(x * 127.5 + 128).clip(0, 255)', '(x * 127.5 + 127.5).clip(0, 255)')],
