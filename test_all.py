@@ -668,6 +668,17 @@ def test_train_bf16_runs_g_and_d_in_reduced_precision(tiny, tmp_path, monkeypatc
     assert seen[torch.bfloat16] > 0
 
 
+@pytest.mark.skipif(not os.environ.get('D2O_TEST_COMPILE'), reason='torch.compile takes minutes on CPU: D2O_TEST_COMPILE=1 runs it')
+def test_train_compiled_step_equals_eager(tiny, tmp_path):
+    """--compile (G's and D's forward compiled, R1 eager): two iterations, the second with R1, equal the eager ones
+    within float tolerance (inductor reorders float sums). Outside the default suite: D2O_TEST_COMPILE=1."""
+    eager = run_train(tiny, tmp_path / 'eager', '--kimg', '0.016', '--r1-interval', '1')
+    compiled = run_train(tiny, tmp_path / 'compiled', '--kimg', '0.016', '--r1-interval', '1', '--compile')
+    for key in ('G', 'D'):
+        for k, v in eager[key].items():
+            torch.testing.assert_close(compiled[key][k], v, rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+
+
 def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
     state = run_train(tiny, tmp_path / 'f', '--freeze', '1', '--kimg', '0.048')
     init = unet.generator_net(ckpt.load_edm(tiny['ckpt'])).state_dict()

@@ -95,6 +95,7 @@ parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projec
                          'in the cache, else resnet (the toy preset: resnet)')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
 parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
+parser.add_argument('--compile', action='store_true', help="torch.compile G's and D's forward for the G and D steps (not R1)")
 parser.add_argument('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
 # logging and checkpoints
 parser.add_argument('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
@@ -106,7 +107,7 @@ parser.add_argument('--fid-num', type=NONNEG_INT, default=None, help='images per
 parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000; toy 1000)')
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
-# batch_gpu, precision, rundir and resume belong to the session.
+# batch_gpu, precision, compile, rundir and resume belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'loss', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'ema', 'ema_rampup', 'tick', 'snap',
               'fid_every', 'fid_num', 'fid_ref')
@@ -200,9 +201,10 @@ def edm_loss(net, x, labels, sigma, noise, sigma_data=0.5):
 
 class DObjective(torch.nn.Module):
     """D's loss as one forward, so that DDP sees each D parameter once per backward (fake and real passes, or R1)."""
-    def __init__(self, D):
+    def __init__(self, D, fast=None):
         super().__init__()
         self.D = D
+        object.__setattr__(self, 'fast', D if fast is None else fast)  # D's compiled forward, out of the module tree
 
     def forward(self, real, fake, labels, r1_weight=0.0):
         if r1_weight:
@@ -211,7 +213,7 @@ class DObjective(torch.nn.Module):
             # for the cost of one sum, where find_unused_parameters would search the graph on every step.
             untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
             return r1_weight * r1_penalty(self.D, real, labels) + untouched
-        logits = [[l.float() for l in self.D(images, labels)] for images in (fake, real)]  # losses in fp32 under AMP
+        logits = [[l.float() for l in self.fast(images, labels)] for images in (fake, real)]  # losses in fp32 under AMP
         return d_loss(*logits)
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ def d2o_iteration(run, x, labels):
 
     def g_step(s):
         with run.autocast():
-            logits = run.D(run.G_ddp(z_g[s], pick(s)), pick(s))
+            logits = run.D_fast(run.G_ddp(z_g[s], pick(s)), pick(s))
         return g_loss([l.float() for l in logits])
 
     def d_step(s):
@@ -351,7 +353,9 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
         run.D = D.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # the projected D's backbones stay frozen
         run.opt_D = torch.optim.Adam(run.d_params, lr=args.dlr * lazy, betas=(0.0, 0.99 ** lazy), eps=1e-8)
-        run.D_ddp = ddp(DObjective(run.D))
+        # Compiled graphs cannot take R1's double backward: R1 runs D eagerly.
+        run.D_fast = torch.compile(run.D) if args.compile else run.D
+        run.D_ddp = ddp(DObjective(run.D, run.D_fast))
         run.d_desc = f'ProjectedD on {" + ".join(pair)}' if args.disc == 'projected' else f'ResNetD width {args.dwidth}'
     else:
         run.G = net
@@ -359,7 +363,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     run.G.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
     run.g_params = [param for param in run.G.parameters() if param.requires_grad]
-    run.G_ddp = ddp(run.G)
+    run.G_ddp = torch.compile(ddp(run.G)) if args.compile else ddp(run.G)
     betas = (0.0, 0.99) if run.D is not None else EDM_LOSS['betas']
     run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
     amp_dtype = torch.bfloat16 if args.precision == 'bf16' else torch.float16
