@@ -43,7 +43,7 @@ def open_archive(path):
     """(zip or None, member names) of an EDM dataset zip or folder; names that leave the dataset are refused."""
     if os.path.isdir(path):
         names = [os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/')
-                 for root, _, files in os.walk(path) for f in files]
+                 for root, _, files in os.walk(path, followlinks=True) for f in files]  # class folders may be links
         return None, names
     try:
         archive = zipfile.ZipFile(path)

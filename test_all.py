@@ -1598,6 +1598,11 @@ def test_data_convert_edm_sources_sizes_and_links(tmp_path):
             os.symlink(path, target)
     data.convert(str(tmp_path / 'links'), str(tmp_path / 'from-links.zip'))
     assert open(tmp_path / 'from-links.zip', 'rb').read() == open(toy, 'rb').read()
+    (tmp_path / 'dir-links').mkdir()  # a class folder that is itself a link
+    os.symlink(tmp_path / 'unpacked' / '00000', tmp_path / 'dir-links' / '00000')
+    os.symlink(tmp_path / 'unpacked' / 'dataset.json', tmp_path / 'dir-links' / 'dataset.json')
+    data.convert(str(tmp_path / 'dir-links'), str(tmp_path / 'from-dir-links.zip'))
+    assert open(tmp_path / 'from-dir-links.zip', 'rb').read() == open(toy, 'rb').read()
     # --resolution WxH, center-crop and center-crop-wide against PIL written out here (EDM's dataset_tool transforms).
     rng = np.random.RandomState(0)
     photo = rng.randint(0, 256, (30, 40, 3)).astype(np.uint8)  # 40 wide, 30 high
