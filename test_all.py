@@ -662,10 +662,15 @@ def test_train_bf16_runs_g_and_d_in_reduced_precision(tiny, tmp_path, monkeypatc
         seen[out.dtype] += 1
         return out
     monkeypatch.setattr(torch.nn.functional, 'conv2d', watched)
+    loss_inputs = collections.Counter()  # the dtypes of the logits that reach the G and D losses
+    for name in ('g_loss', 'd_loss'):
+        loss = getattr(train, name)
+        monkeypatch.setattr(train, name, lambda *logits, loss=loss: (loss_inputs.update(l.dtype for ls in logits for l in ls), loss(*logits))[1])
     run_train(tiny, tmp_path / 'bf16', '--precision', 'bf16', '--kimg', '0.040', '--r1-interval', '2', '--tick', '0.008')
     lines = [json.loads(l) for l in open(tmp_path / 'bf16' / 'metrics.jsonl')]
     assert sum('loss_R1' in l for l in lines) == 2 and all(math.isfinite(v) for l in lines for k, v in l.items() if k.startswith('loss'))
     assert seen[torch.bfloat16] > 0
+    assert set(loss_inputs) == {torch.float32} and loss_inputs[torch.float32] == 15  # 5 G steps, 5 D steps x 2 sets
 
 
 @pytest.mark.skipif(not os.environ.get('D2O_TEST_COMPILE'), reason='torch.compile takes minutes on CPU: D2O_TEST_COMPILE=1 runs it')
