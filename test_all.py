@@ -1465,15 +1465,17 @@ def test_data_reading_refuses_bad_labels_damage_and_escaping_names(tmp_path):
     (tmp_path / 'in').mkdir()
     image = _png(np.zeros((4, 4, 3)))
     images = {'00000/img00000000.png': image, '00000/img00000001.png': image}
-    bad_json = {'not-an-object': [1, 2], 'labels-a-string': {'labels': 'cat'}, 'no-labels-key': {'classes': []},
-                'not-a-pair': {'labels': [['00000/img00000000.png']]}, 'label-string': {'labels': [['00000/img00000000.png', 'cat']]},
-                'label-null': {'labels': [['00000/img00000000.png', None]]}, 'label-float': {'labels': [['00000/img00000000.png', 1.5]]},
-                'label-list': {'labels': [['00000/img00000000.png', [1]]]}, 'label-negative': {'labels': [['00000/img00000000.png', -1]]},
-                'label-huge': {'labels': [['00000/img00000000.png', 10 ** 9]]}, 'label-bool': {'labels': [['00000/img00000000.png', True]]},
-                'listed-twice': {'labels': [['00000/img00000000.png', 0], ['00000/img00000000.png', 1]]}}
-    for name, meta in bad_json.items():
+    other = ['00000/img00000001.png', 0]  # a good entry for the second image: only the first one is wrong
+    bad_json = {'not-an-object': ([1, 2], 'not an object'), 'labels-a-string': ({'labels': 'cat'}, 'is a str'),
+                'no-labels-key': ({'classes': []}, 'without "labels"'),
+                'not-a-pair': ({'labels': [['00000/img00000000.png'], other]}, 'not a [name, label] pair')}
+    for name, label in (('string', 'cat'), ('null', None), ('float', 1.5), ('list', [1]), ('negative', -1),
+                        ('huge', 10 ** 9), ('bool', True)):
+        bad_json['label-' + name] = ({'labels': [['00000/img00000000.png', label], other]}, f'the label {json.dumps(label)};')
+    bad_json['listed-twice'] = ({'labels': [['00000/img00000000.png', 0], ['00000/img00000000.png', 1], other]}, 'twice')
+    for name, (meta, why) in bad_json.items():
         path = _zip_with(tmp_path / 'in' / f'{name}.zip', dict(images, **{'dataset.json': json.dumps(meta)}))
-        refused(tmp_path, ['info', '--data', path], path, 'dataset.json')
+        refused(tmp_path, ['info', '--data', path], path, 'dataset.json', why)
     path = _zip_with(tmp_path / 'in' / 'not-json.zip', dict(images, **{'dataset.json': '{"labels": [['}))
     refused(tmp_path, ['info', '--data', path], path, 'not valid JSON')
     # Damage inside the zip (deflated members, so that a flipped byte fails the CRC): an image, and dataset.json.
