@@ -1,4 +1,5 @@
-"""Checkpoint I/O: safe unpickling, downloads into a cache, atomic writes, our checkpoint format, training states.
+"""Checkpoint I/O (safe unpickling, downloads into a cache, atomic writes, our checkpoint format, training states)
+and the command-line helpers every script shares.
 
     python ckpt.py edm-cifar10-32x32-cond-vp             # download once into the cache, load safely, print a summary
     python ckpt.py runs/toy-d2o/network-snapshot-000012000.pt
@@ -14,6 +15,7 @@ Public names:
                                          the file name carries one; offline, the error says where to put the file
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
     newest_state(rundir, log), save_state(...), trim_metrics(path, nimg)     train.py's run directory
+    Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
 
 Loading an official EDM checkpoint with EDM's own code runs code from the file: its pickles embed the source of
 networks.py and exec it. Here the file is read with an allow-list of globals mapped to local, side-effect-free
@@ -465,7 +467,7 @@ def trim_metrics(path, nimg):
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Fetch and safely load checkpoints.')
+    parser = Parser(prog='ckpt.py', description='Fetch and safely load checkpoints.')
     parser.add_argument('src', nargs='?', help='official EDM name, path or URL of a .pkl or our .pt')
     parser.add_argument('--download', metavar='URL', help='only download URL into the cache and print its path')
     args = parser.parse_args()
