@@ -79,7 +79,7 @@ def sampling_rows(net, batch):
     one = timed(lambda: sample.Sampler(unet.D2OGenerator(net), 'generator')(seeds, 'cpu'))
     heun = timed(lambda: sample.Sampler(net, 'heun', num_steps=18)(seeds, 'cpu'), reps=1)
     rows = [('one-step img/s / Heun-18 img/s', f'{heun / one:.1f} ({batch / one:.1f} vs {batch / heun:.2f} img/s)')]
-    bundled = next((src for src in fid.detector_sources() if src.endswith('default_1.pt')), None)  # local, before the URL
+    bundled = fid.bundled_detector()
     if bundled:
         det = fid.load_detector(bundled)
         ts = torch.jit.load(bundled).eval()

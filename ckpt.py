@@ -3,7 +3,8 @@ and the command-line helpers every script shares.
 
     python ckpt.py edm-cifar10-32x32-cond-vp             # download once into the cache, load safely, print a summary
     python ckpt.py runs/toy-d2o/network-snapshot-000012000.pt
-    python ckpt.py --download URL                        # fetch one file into the cache (verified where it can be)
+    python ckpt.py --download vgg16_bn inception         # fetch files into the cache (names, official EDM names, URLs)
+    python ckpt.py --files                               # the weight files: URL, where each goes, size and SHA-256 here
 
 Public names:
     SafeUnpickler(file, allow, what)     unpickles only the globals allow(module, name) returns; anything else raises
@@ -13,6 +14,9 @@ Public names:
     save_checkpoint(path, net, **meta)   our format: plain tensors + JSON-able metadata, loadable with weights_only
     download(url, what), cache_dir()     one download into $D2O_CACHE (default ~/.cache/d2o), SHA-256 checked where
                                          the file name carries one; offline, the error says where to put the file
+    WEIGHTS, weight_files(names, weights) the published backbone and detector files: found through --weights /
+                                         $D2O_WEIGHTS (folders, files, NAME=FILE) or the cache, else downloaded;
+                                         offline, one error names every missing file
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
     newest_state(rundir, log), save_state(...), trim_metrics(path, nimg)     train.py's run directory
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
@@ -71,15 +75,16 @@ class Progress:
 
     def __init__(self, what, total, show=True, unit='images', every=30.0):
         self.what, self.total, self.show, self.unit, self.every = what, total, show, unit, every
-        self.done, self.start, self.last, self.tty = 0, time.time(), time.time(), sys.stdout.isatty()
+        self.done, self.start, self.last, self.tty, self.ended = 0, time.time(), time.time(), sys.stdout.isatty(), False
         if show and not self.tty:
             print(f'{what}: {total} {unit} ...', flush=True)
 
     def update(self, count):
         self.done += count
         now, finished = time.time(), self.done >= self.total
-        if not self.show or not (self.tty or finished or now - self.last >= self.every):
+        if not self.show or self.ended or not (self.tty or finished or now - self.last >= self.every):
             return
+        self.ended = finished  # the closing line once, however often update(0) comes after it
         self.last, rate = now, self.done / max(now - self.start, 1e-9)
         line = (f'{self.what}: {self.done} {self.unit} in {now - self.start:.0f} s ({rate:.1f}/s)' if finished else
                 f'{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, ETA {(self.total - self.done) / rate / 60:.1f} min')
@@ -273,6 +278,14 @@ def expected_sha256(url):
     return match.group(1) if match else None
 
 
+class DownloadError(RuntimeError):
+    """A file that could not be fetched: its url, where it would go (dest) and why (reason)."""
+    def __init__(self, url, dest, reason, what='file'):
+        self.url, self.dest, self.reason = url, dest, reason
+        super().__init__(f'could not download the {what} from {url} ({reason}). Download it on a machine with internet '
+                         f'and place it at {dest} (or set D2O_CACHE to the folder that holds it, or pass the local path).')
+
+
 def download(url, what='file'):
     """Download url once into the cache, verifying the SHA-256 the file name carries; offline, say where to put the
     file by hand. Nothing is left under the cache name unless the whole file arrived and matched."""
@@ -293,10 +306,81 @@ def download(url, what='file'):
     try:
         atomic_write(dest, fetch)
     except Exception as e:
-        raise RuntimeError(f'could not download the {what} from {url} ({type(e).__name__}: {e}). Download it on a '
-                           f'machine with internet and place it at {dest} (or set D2O_CACHE to the folder that holds '
-                           f'it, or pass the local path).') from None
+        raise DownloadError(url, dest, f'{type(e).__name__}: {e}', what) from None
     return dest
+
+# Published weight files the networks read (besides EDM's checkpoints and reference statistics): the projected D's
+# backbones (torchvision, timm, DeiT) and NVIDIA's Inception for FID. README's "Files the project downloads" lists them.
+WEIGHTS = {
+    'vgg16_bn': 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth',
+    'efficientnet_lite0': 'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/tf_efficientnet_lite0-0aa007d2.pth',
+    'deit_base_distilled': 'https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth',
+    'inception': 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt',
+}
+
+
+def _split_entry(entry):
+    """'NAME=FILE' -> (NAME, FILE); a folder or file (even one with '=' in its path) -> ('', path)."""
+    name, sep, path = entry.partition('=')
+    return (name, path) if sep and not os.path.exists(entry) else ('', entry)
+
+
+def weight_entries(text=None):
+    """The places to look for weight files: --weights (comma-separated) then $D2O_WEIGHTS (os.pathsep-separated).
+    Each is a folder holding files under their published names, such a file, or NAME=FILE for a renamed one."""
+    entries = [e for e in (text or '').split(',') if e] + [e for e in os.environ.get('D2O_WEIGHTS', '').split(os.pathsep) if e]
+    published = [os.path.basename(url) for url in WEIGHTS.values()]
+    for entry in entries:
+        name, path = _split_entry(entry)
+        if name and name not in WEIGHTS:
+            raise ValueError(f'weights {entry!r}: {name!r} is not one of {", ".join(WEIGHTS)}')
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'weights {entry!r}: {path} not found')
+        if not name and os.path.isfile(path) and os.path.basename(path) not in published:
+            raise ValueError(f'weights {entry!r}: a file must keep its published name ({", ".join(published)}) or be '
+                             f'given as NAME=FILE')
+    return entries
+
+
+def weights_flag(text):
+    """argparse type of --weights: checked as the run starts, not after minutes of set-up."""
+    try:
+        weight_entries(text)
+    except (ValueError, OSError) as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f'weights {text!r}: ')) from None
+    return text
+
+
+def find_weights(name, weights=None):
+    """The local copy of the published file `name` (a key of WEIGHTS): from --weights/$D2O_WEIGHTS, else the cache;
+    None if there is none."""
+    base = os.path.basename(WEIGHTS[name])
+    for entry in weight_entries(weights):
+        key, path = _split_entry(entry)
+        if key == name or (not key and os.path.basename(path) == base and os.path.isfile(path)):
+            return path
+        if not key and os.path.isfile(os.path.join(path, base)):
+            return os.path.join(path, base)
+    cached = os.path.join(cache_dir(), base)
+    return cached if os.path.isfile(cached) else None
+
+
+def weight_files(names, weights=None):
+    """{name: local path} of the named published files, downloading the missing ones; offline, one error that names
+    every file still missing and where it goes."""
+    found, failed = {}, {}
+    for name in names:
+        try:
+            found[name] = find_weights(name, weights) or download(WEIGHTS[name], f'{name} weights')
+        except DownloadError as e:
+            failed[name] = e
+    if failed:
+        raise RuntimeError(f'{len(failed)} weight file(s) neither given (--weights, D2O_WEIGHTS) nor in {cache_dir()}, and the '
+                           f'download failed ({next(iter(failed.values())).reason}):\n' +
+                           ''.join(f'  {name}: {e.url}\n' for name, e in failed.items()) +
+                           f'Fetch them on a machine with internet (python ckpt.py --download {" ".join(failed)}) and copy '
+                           f'them into {cache_dir()}, or point --weights or D2O_WEIGHTS at a folder holding them.')
+    return found
 
 
 def resolve(src, what='checkpoint'):
@@ -466,14 +550,35 @@ def trim_metrics(path, nimg):
     atomic_write(path, lambda f: f.write(''.join(keep).encode()))
 
 
+def file_report(path):
+    """Size and SHA-256 of a local file (python ckpt.py --files), to compare with a copy elsewhere."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return f'{os.path.getsize(path):,} bytes, SHA-256 {digest.hexdigest()}'
+
+
 if __name__ == '__main__':
-    parser = Parser(prog='ckpt.py', description='Fetch and safely load checkpoints.')
+    parser = Parser(prog='ckpt.py', description='Fetch and safely load checkpoints; list and fetch the weight files.')
     parser.add_argument('src', nargs='?', help='official EDM name, path or URL of a .pkl or our .pt')
-    parser.add_argument('--download', metavar='URL', help='only download URL into the cache and print its path')
+    parser.add_argument('--download', metavar='NAME|URL', nargs='+', help=f'download into the cache: {", ".join(WEIGHTS)}, '
+                        'an official EDM name, or a URL')
+    parser.add_argument('--files', action='store_true', help='list the weight files: URL, where each goes, what is found here')
+    parser.add_argument('--weights', type=weights_flag, default=None, help='folders or files holding weight files (comma-separated)')
     args = parser.parse_args()
     try:
         if args.download:
-            print(download(args.download))
+            for src in args.download:
+                if src not in WEIGHTS and src.removesuffix('.pkl') not in unet.OFFICIAL and '://' not in src:
+                    parser.error(f'--download {src}: not one of {", ".join(WEIGHTS)}, an official EDM name '
+                                 f'(python unet.py --list) or a URL')
+                print(weight_files([src])[src] if src in WEIGHTS else resolve(src))
+        elif args.files:
+            for name, url in WEIGHTS.items():
+                path = find_weights(name, args.weights)
+                print(f'{name}: {url}\n  goes to {os.path.join(cache_dir(), os.path.basename(url))}\n  here: '
+                      f'{f"{path}, {file_report(path)}" if path else "missing"}')
         elif args.src:
             net, meta = read_checkpoint(args.src)
             print(f'{type(net).__name__}/{type(net.model).__name__}: {net.img_resolution}x{net.img_resolution}, label_dim '

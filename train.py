@@ -92,7 +92,9 @@ parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in k
 parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life at most this fraction of images seen')
 parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'],
                     help='projected: the official D on pretrained backbones; auto: projected when its weight files are '
-                         'in the cache, else resnet (the toy preset: resnet)')
+                         'found, else resnet (the toy preset: resnet)')
+parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone and '
+                    'FID detector weights, comma-separated (also $D2O_WEIGHTS; default: the cache)')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
 parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
 parser.add_argument('--compile', action='store_true', help="torch.compile G's and D's forward for the G and D steps (not R1)")
@@ -107,7 +109,7 @@ parser.add_argument('--fid-num', type=NONNEG_INT, default=None, help='images per
 parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000; toy 1000)')
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
-# batch_gpu, precision, compile, rundir and resume belong to the session.
+# batch_gpu, precision, compile, weights, rundir and resume belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'loss', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'ema', 'ema_rampup', 'tick', 'snap',
               'fid_every', 'fid_num', 'fid_ref')
@@ -336,19 +338,19 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
         run.G = unet.D2OGenerator(unet.generator_net(net))
         pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG at 32x32, DeiT at 64x64
         if args.disc == 'auto':
-            missing = disc.missing_backbones(pair)
+            missing = disc.missing_backbones(pair, args.weights)
             args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
-            why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not in the cache; fetch them with '
-                   f'`python ckpt.py --download URL` (disc.py lists the URLs)' if missing else 'backbone files found')
+            why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not given (--weights) nor in the cache; '
+                   f'fetch them with `python ckpt.py --download {" ".join(pair)}`' if missing else 'backbone files found')
             log(f'--disc auto: {args.disc} ({why})')
         recipe = RESNET if args.disc == 'resnet' else dict(CUSTOM, **preset)  # the toy's projected D: CUSTOM's
         args.dlr = args.dlr or recipe['dlr']
         args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
         torch.manual_seed(args.seed)
         try:
-            D = disc.ProjectedD(pair, dataset.label_dim, seed=args.seed) if args.disc == 'projected' else \
+            D = disc.ProjectedD(pair, dataset.label_dim, args.weights, args.seed) if args.disc == 'projected' else \
                 disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # the projected D's backbones stay frozen
@@ -501,7 +503,7 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
         + f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
         f'run dir {args.rundir}')
     sampler = data.InfiniteSampler(len(dataset), args.seed)
-    loop_fid = fid.LoopFID(path, dataset, args.fid_num, args.fid_ref, device, rank, world, log) if args.fid_num else None
+    loop_fid = fid.LoopFID(path, dataset, args.fid_num, args.fid_ref, device, rank, world, log, args.weights) if args.fid_num else None
     if loop_fid and state:
         loop_fid.history = [tuple(kv) for kv in state.get('fid_history', [])]
     kept = [state_path] if state and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(args.rundir) else []
