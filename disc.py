@@ -18,7 +18,6 @@ vgg16_bn, FB's deit_base_distilled_patch16_224), which are read from a path, the
 The random projections come from a fixed seed, so every rank and every resumed run holds the same ones.
 """
 
-import argparse
 import math
 import os
 import sys
