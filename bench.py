@@ -38,6 +38,7 @@ import data
 import disc
 import fid
 import freeze
+import loss
 import sample
 import train
 import unet
@@ -126,14 +127,14 @@ def preset_flops(name, batch=2, r1_interval=16):
     g_alone = count_flops(lambda: G(z, c).sum().backward())
     for q in heads:  # the G step: D frozen, differentiated through
         q.requires_grad_(False)
-    g_step = count_flops(lambda: train.g_loss(D(G(z, c), c)).sum().backward())
+    g_step = count_flops(lambda: loss.g_loss(D(G(z, c), c)).sum().backward())
     for q in heads:
         q.requires_grad_(True)
     with torch.no_grad():
         g_forward = count_flops(lambda: G(z, c))
         fake = G(z, c)
-    d_step = count_flops(lambda: train.d_loss(D(fake, c), D(x, c)).sum().backward())
-    r1 = count_flops(lambda: train.r1_penalty(D, x, c).sum().backward())
+    d_step = count_flops(lambda: loss.d_loss(D(fake, c), D(x, c)).sum().backward())
+    r1 = count_flops(lambda: loss.r1_penalty(D, x, c).sum().backward())
     parts = {'G fwd+bwd': g_alone, 'D fwd+bwd through it (G step)': g_step - g_alone, 'G fwd (D step)': g_forward,
              'D fwd+bwd, fakes and reals': d_step, f'R1 / {r1_interval}': r1 / r1_interval}
     parts = {k: v / batch for k, v in parts.items()}
@@ -177,10 +178,10 @@ def main():
         D = disc.ResNetD(R, 3, L, args.dwidth)
         z, x = torch.randn(args.batch, 3, R, R), torch.rand(args.batch, 3, R, R) * 2 - 1
         c = torch.eye(L)[torch.arange(args.batch) % L] if L else None
-        t_g = timed(lambda: train.g_loss(D(G(z, c), c)).mean().backward())
+        t_g = timed(lambda: loss.g_loss(D(G(z, c), c)).mean().backward())
         with torch.no_grad():
             t_gf = timed(lambda: G(z, c))
-        t_d = timed(lambda: train.d_loss(D(x, c), D(x, c)).mean().backward())
+        t_d = timed(lambda: loss.d_loss(D(x, c), D(x, c)).mean().backward())
         passes = t_g + t_gf + t_d
 
         # The loop itself, D2O and D2O-F; optimizer state of G.

@@ -20,6 +20,7 @@ Public names:
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
     newest_state(rundir, log), save_state(...), trim_metrics(path, nimg)     train.py's run directory
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
+    typed_flags, resume_flags            which flags were typed; a resumed run keeps its own flags
 
 Loading an official EDM checkpoint with EDM's own code runs code from the file: its pickles embed the source of
 networks.py and exec it. Here the file is read with an allow-list of globals mapped to local, side-effect-free
@@ -66,6 +67,37 @@ def number(kind, low, inclusive=False):
             raise argparse.ArgumentTypeError(f'{text} must be {">=" if inclusive else ">"} {low}')
         return value
     return parse
+
+
+UNSET = object()
+
+
+def typed_flags(parser, argv=None):
+    """(args, typed): the flags, and the names of those typed on the command line (argparse leaves a value that is
+    already in the namespace alone, so pre-filling it with a sentinel tells typed flags from defaults)."""
+    defaults = vars(parser.parse_args([]))
+    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(defaults, UNSET)))
+    typed = {k for k, v in vars(args).items() if v is not UNSET}
+    for k in defaults.keys() - typed:
+        setattr(args, k, defaults[k])
+    return args, typed
+
+
+def resume_flags(parser, args, typed, saved, where, fixed, changeable):
+    """A resumed run keeps its own flags (saved), except changeable ones typed now; a typed fixed flag that differs
+    stops with one line. Returns the changes, e.g. ['--lr 0.0001 -> 0.0003']."""
+    changes = []
+    for k in fixed + changeable:
+        flag, now, old = '--' + k.replace('_', '-'), getattr(args, k), saved.get(k, parser.get_default(k))
+        same_path = k in ('init', 'arch', 'data') and os.path.normpath(str(now)) == os.path.normpath(str(old))
+        if k not in typed or (k == 'disc' and now == 'auto'):
+            setattr(args, k, old)
+        elif k in fixed and now != old and not same_path:
+            sys.exit(f'error: {flag} {now} differs from the {old} that the run in {where} was started with, and it '
+                     f'cannot change mid-run; to start a new run instead, give another --rundir')
+        elif now != old:
+            changes.append(f'{flag} {old} -> {now}')
+    return changes
 
 
 class Progress:

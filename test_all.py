@@ -37,6 +37,7 @@ import data
 import disc
 import fid
 import freeze
+import loss
 import sample
 import train
 import unet
@@ -412,7 +413,7 @@ def test_disc_projected_shapes_and_gradients(backbone_dir):
     # Frozen parts get no gradients; the G loss reaches the generator through them.
     w = torch.zeros(1, 3, 32, 32, requires_grad=True)
     fake = torch.tanh(w + torch.randn(2, 3, 32, 32, generator=g))
-    train.g_loss(D0(fake)).mean().backward()
+    loss.g_loss(D0(fake)).mean().backward()
     assert w.grad is not None and w.grad.abs().sum() > 0
     assert all(q.grad is None for q in list(D0.nets.parameters()) + list(D0.proj.parameters()))
     assert all(q.grad is not None for q in D0.heads.parameters())
@@ -436,7 +437,7 @@ def test_disc_projected_backbone_inputs(backbone_dir):
             expected = torch.nn.functional.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode='bilinear',
                                                        align_corners=False, antialias=False)
             torch.testing.assert_close(seen[name], expected, rtol=0, atol=1e-5, msg=name)
-        train.r1_penalty(D, x, None).sum().backward()  # R1's double backward, through DeiT's attention too
+        loss.r1_penalty(D, x, None).sum().backward()  # R1's double backward, through DeiT's attention too
         assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in D.heads.parameters())
 
 
@@ -458,8 +459,8 @@ def test_disc_bf16_autocast_matches_fp32(backbone_dir):
         D.train()
         inputs = x.clone().requires_grad_(True)
         with torch.autocast('cpu', torch.bfloat16):
-            loss = train.g_loss([l.float() for l in D(inputs, c)]).mean() + train.r1_penalty(D, x, c).mean()
-        loss.backward()
+            total = loss.g_loss([l.float() for l in D(inputs, c)]).mean() + loss.r1_penalty(D, x, c).mean()
+        total.backward()
         grads = [inputs.grad] + [q.grad for q in D.parameters() if q.requires_grad]
         assert all(grad is not None and torch.isfinite(grad).all() for grad in grads), type(D).__name__
 
@@ -591,7 +592,43 @@ def test_freeze_gradients_equal_unfrozen(tiny):
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# train.py: losses, the loop, DDP, resume and faults
+# loss.py: the GAN losses, R1, D's objective under DDP
+
+def test_loss_closed_forms():
+    zero = [torch.zeros(3, 5)]
+    torch.testing.assert_close(loss.g_loss(zero), torch.full([3], np.log(2.0)))
+    torch.testing.assert_close(loss.d_loss(zero, zero), torch.full([3], 2 * np.log(2.0)))
+    l = torch.randn(4, 6)
+    torch.testing.assert_close(loss.g_loss([l, l[:, :2]]), -(torch.sigmoid(l).log().mean(1) + torch.sigmoid(l[:, :2]).log().mean(1)))
+    torch.testing.assert_close(loss.d_loss([l], [-l]), -2 * torch.sigmoid(-l).log().mean(1))
+
+
+def test_loss_r1_linear_d():
+    w = torch.randn(3, 4, 4, requires_grad=True)
+    D = lambda x, c: [(x * w).flatten(1).sum(1, keepdim=True)]
+    x = torch.randn(5, 3, 4, 4)
+    pen = loss.r1_penalty(D, x, None)
+    torch.testing.assert_close(pen, torch.full([5], w.detach().square().sum().item()))
+    pen.mean().backward()  # needs the double backward: d/dw ||w||^2 = 2w
+    torch.testing.assert_close(w.grad, 2 * w.detach())
+
+
+def test_loss_ddp_r1_reaches_every_parameter():
+    """R1 of the ResNet D gives the output bias no gradient: DObjective's R1 must still give every trainable parameter
+    one (zero where R1 does not depend on it), else DDP's reducer never completes."""
+    torch.manual_seed(0)
+    D = disc.ResNetD(8, 3, label_dim=4, width=8)
+    objective = loss.DObjective(D)
+    x, c = torch.randn(4, 3, 8, 8), torch.eye(4)
+    total = objective(x, None, c, r1_weight=0.5).sum()
+    total.backward()
+    assert all(q.grad is not None for q in D.parameters())
+    assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
+    torch.testing.assert_close(total, 0.5 * loss.r1_penalty(D, x, c).sum())
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# train.py: the loop, DDP, resume and faults
 
 def run_train(tiny, run, *extra):
     args = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0',
@@ -602,39 +639,6 @@ def run_train(tiny, run, *extra):
 
 def glob_states(run):
     return glob.glob(os.path.join(str(run), 'training-state-*.pt'))
-
-
-def test_train_losses_closed_forms():
-    zero = [torch.zeros(3, 5)]
-    torch.testing.assert_close(train.g_loss(zero), torch.full([3], np.log(2.0)))
-    torch.testing.assert_close(train.d_loss(zero, zero), torch.full([3], 2 * np.log(2.0)))
-    l = torch.randn(4, 6)
-    torch.testing.assert_close(train.g_loss([l, l[:, :2]]), -(torch.sigmoid(l).log().mean(1) + torch.sigmoid(l[:, :2]).log().mean(1)))
-    torch.testing.assert_close(train.d_loss([l], [-l]), -2 * torch.sigmoid(-l).log().mean(1))
-
-
-def test_train_r1_linear_d():
-    w = torch.randn(3, 4, 4, requires_grad=True)
-    D = lambda x, c: [(x * w).flatten(1).sum(1, keepdim=True)]
-    x = torch.randn(5, 3, 4, 4)
-    pen = train.r1_penalty(D, x, None)
-    torch.testing.assert_close(pen, torch.full([5], w.detach().square().sum().item()))
-    pen.mean().backward()  # needs the double backward: d/dw ||w||^2 = 2w
-    torch.testing.assert_close(w.grad, 2 * w.detach())
-
-
-def test_train_ddp_r1_reaches_every_parameter():
-    """R1 of the ResNet D gives the output bias no gradient: DObjective's R1 must still give every trainable parameter
-    one (zero where R1 does not depend on it), else DDP's reducer never completes."""
-    torch.manual_seed(0)
-    D = disc.ResNetD(8, 3, label_dim=4, width=8)
-    objective = train.DObjective(D)
-    x, c = torch.randn(4, 3, 8, 8), torch.eye(4)
-    loss = objective(x, None, c, r1_weight=0.5).sum()
-    loss.backward()
-    assert all(q.grad is not None for q in D.parameters())
-    assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
-    torch.testing.assert_close(loss, 0.5 * train.r1_penalty(D, x, c).sum())
 
 
 def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, batch=8, seed=0):
@@ -731,8 +735,8 @@ def test_train_bf16_runs_g_and_d_in_reduced_precision(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(torch.nn.functional, 'conv2d', watched)
     loss_inputs = collections.Counter()  # the dtypes of the logits that reach the G and D losses
     for name in ('g_loss', 'd_loss'):
-        loss = getattr(train, name)
-        monkeypatch.setattr(train, name, lambda *logits, loss=loss: (loss_inputs.update(l.dtype for ls in logits for l in ls), loss(*logits))[1])
+        original = getattr(loss, name)
+        monkeypatch.setattr(loss, name, lambda *logits, original=original: (loss_inputs.update(l.dtype for ls in logits for l in ls), original(*logits))[1])
     run_train(tiny, tmp_path / 'bf16', '--precision', 'bf16', '--kimg', '0.040', '--r1-interval', '2', '--tick', '0.008')
     lines = [json.loads(l) for l in open(tmp_path / 'bf16' / 'metrics.jsonl')]
     assert sum('loss_R1' in l for l in lines) == 2 and all(math.isfinite(v) for l in lines for k, v in l.items() if k.startswith('loss'))
@@ -781,13 +785,13 @@ def test_train_exact_resume(tiny, tmp_path):
 
 def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsys):
     calls = {'n': 0}
-    real = train.g_loss
+    real = loss.g_loss
 
     def poisoned(logits):
         calls['n'] += 1
         out = real(logits)
         return out * float('nan') if calls['n'] > 3 else out
-    monkeypatch.setattr(train, 'g_loss', poisoned)
+    monkeypatch.setattr(loss, 'g_loss', poisoned)
     with pytest.raises(SystemExit):
         run_train(tiny, tmp_path / 'nan', '--kimg', '0.08', '--snap', '0.016')
     out = capsys.readouterr().out
@@ -813,7 +817,7 @@ def test_train_edm_loss_decreases(tiny, tmp_path):
     sigma = (torch.randn([64, 1, 1, 1], generator=g) * 1.2 - 1.2).exp()
     noise = torch.randn(x.shape, generator=g)
     with torch.no_grad():
-        before, after = (train.edm_loss(n.eval(), x, c, sigma, noise).mean().item() for n in (net0, net1))
+        before, after = (loss.edm_loss(n.eval(), x, c, sigma, noise).mean().item() for n in (net0, net1))
     assert after < 0.8 * before, (before, after)
 
 

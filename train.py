@@ -8,18 +8,16 @@
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --data cifar10
 
 Each iteration of --loss d2o: a G step (non-saturating loss on fresh z), a D step (fresh z, fakes from the
-just-updated G, the real batch), and every 16 iterations a lazy R1 step on reals. A loss is one function that runs
-an iteration's optimizer steps (LOSSES below); --loss edm trains the denoiser itself with EDM's loss. Progress is
-counted in images (kimg). A run directory holds metrics.jsonl, sample grids, G_ema snapshots and the newest two
-training states (ckpt.py); running the same command again continues exactly from the newest good state.
+just-updated G, the real batch), and every 16 iterations a lazy R1 step on reals. Each --loss is one iteration
+function in loss.py; --loss edm trains the denoiser itself with EDM's loss. Progress is counted in images (kimg).
+A run directory holds metrics.jsonl, sample grids, G_ema snapshots and the newest two training states (ckpt.py);
+running the same command again continues exactly from the newest good state.
 """
 
-import argparse
 import contextlib
 import copy
 import glob
 import json
-import math
 import os
 import pickle
 import resource
@@ -29,13 +27,13 @@ import types
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import ckpt
 import data
 import disc
 import fid
 import freeze
+import loss
 import sample
 import unet
 
@@ -60,8 +58,9 @@ PRESETS = {
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 # Architectures for --init random when the init source is not a file (the toy teacher's).
 ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
-                     channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.0, embedding_type='positional',
-                     encoder_type='standard', decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1])}
+                     channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.0,
+                     embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                     channel_mult_noise=1, resample_filter=[1, 1])}
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
 # The ResNet D's own defaults: its equalized-lr layers train at StyleGAN2's lr scale, and its R1 weight is the toy's.
 RESNET = dict(dlr=2e-3, r1_gamma=0.1)
@@ -74,82 +73,54 @@ NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, 
 parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
                      allow_abbrev=False)
 parser.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
-parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use class labels (default: 1 if the network has them)')
+parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use labels (default: if the net has them)')
 parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
-parser.add_argument('--arch', default=None, help='architecture for --init random: official name, "toy", or a checkpoint')
-parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F (2, 3: more)')
-parser.add_argument('--loss', default='d2o', choices=['d2o', 'edm'], help="d2o: GAN fine-tuning; edm: EDM's denoising loss")
+parser.add_argument('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
+parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
+parser.add_argument('--loss', default='d2o', choices=list(loss.LOSSES), help="d2o: GAN fine-tuning; edm: EDM's loss")
 # optimisation
 parser.add_argument('--batch', type=POSITIVE_INT, default=None, help='total batch over all GPUs')
-parser.add_argument('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated to batch/world)')
-parser.add_argument('--kimg', type=POSITIVE, default=None, help='duration in thousands of images (raise it to extend a run)')
-parser.add_argument('--lr', type=POSITIVE, default=None, help='G learning rate (Adam, betas (0, 0.99); EDM loss (0.9, 0.999))')
-parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1; default per D)')
+parser.add_argument('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated)')
+parser.add_argument('--kimg', type=POSITIVE, default=None, help='length in thousands of images (raise to extend)')
+parser.add_argument('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
+parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
 parser.add_argument('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
-parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (batch-mean losses; default per D)')
-parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations (official: 16)')
+parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind)')
+parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
 parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
-parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life at most this fraction of images seen')
-parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'],
-                    help='projected: the official D on pretrained backbones; auto: projected when its weight files are '
-                         'found, else resnet (the toy preset: resnet)')
+parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
+parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'], help='projected: the official '
+                    'D on pretrained backbones; auto: projected when its weight files are found, else resnet')
 parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone and '
                     'FID detector weights, comma-separated (also $D2O_WEIGHTS; default: the cache)')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
-parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
-parser.add_argument('--compile', action='store_true', help="torch.compile G's and D's forward for the G and D steps (not R1)")
+parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'],
+                    help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
+parser.add_argument('--compile', action='store_true', help="torch.compile G's and D's forward (not R1's)")
 parser.add_argument('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
 # logging and checkpoints
 parser.add_argument('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
-parser.add_argument('--resume', default='auto', help='"auto": the newest good state in the run directory; or a state file')
+parser.add_argument('--resume', default='auto', help='"auto": the newest good state in the run directory, or a state')
 parser.add_argument('--tick', type=POSITIVE, default=None, help='status line every this many kimg')
 parser.add_argument('--snap', type=POSITIVE, default=None, help='snapshot, grid and state every this many kimg')
 parser.add_argument('--fid-every', type=NONNEG, default=0, help='FID every this many kimg (0: only at start and end)')
-parser.add_argument('--fid-num', type=NONNEG_INT, default=None, help='images per FID, 0: no FID (default 5000; toy 500)')
-parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000; toy 1000)')
+parser.add_argument('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID)')
+parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
 # batch_gpu, precision, compile, weights, rundir and resume belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'loss', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'ema', 'ema_rampup', 'tick', 'snap',
               'fid_every', 'fid_num', 'fid_ref')
-UNSET = object()
-
-
-def parse_flags(argv=None):
-    """(args, typed): the flags, and the names of those typed on the command line (argparse leaves a value that is
-    already in the namespace alone, so pre-filling it with a sentinel tells typed flags from defaults)."""
-    defaults = vars(parser.parse_args([]))
-    args = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(defaults, UNSET)))
-    typed = {k for k, v in vars(args).items() if v is not UNSET}
-    for k in defaults.keys() - typed:
-        setattr(args, k, defaults[k])
-    return args, typed
-
-
-def resume_flags(args, typed, saved, where):
-    """A resumed run keeps its own flags, except changeable ones typed now; a typed fixed flag that differs stops
-    with one line. Returns the changes, e.g. ['--lr 0.0001 -> 0.0003']."""
-    changes = []
-    for k in FIXED + CHANGEABLE:
-        flag, now, old = '--' + k.replace('_', '-'), getattr(args, k), saved.get(k, parser.get_default(k))
-        same_path = k in ('init', 'arch', 'data') and os.path.normpath(str(now)) == os.path.normpath(str(old))
-        if k not in typed or (k == 'disc' and now == 'auto'):
-            setattr(args, k, old)
-        elif k in FIXED and now != old and not same_path:
-            sys.exit(f'error: {flag} {now} differs from the {old} that the run in {where} was started with, and it '
-                     f'cannot change mid-run; to start a new run instead, give another --rundir')
-        elif now != old:
-            changes.append(f'{flag} {old} -> {now}')
-    return changes
 
 
 def resolve_flags(argv, world, device, log):
     """The flags (the preset's defaults, or a resumed run's own values plus what is typed now), the preset and the
     newest good state. Reads files only: every refusal comes before anything in the run directory changes."""
-    args, typed = parse_flags(argv)
-    name = f'{os.path.splitext(os.path.basename(args.data))[0]}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
-    args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
+    args, typed = ckpt.typed_flags(parser, argv)
+    name = f'{os.path.splitext(os.path.basename(args.data))[0]}-{args.loss}'
+    name += (f'-f{args.freeze}' if args.freeze else '') + ('-random' if args.init == 'random' else '')
+    args.rundir = args.rundir or os.path.join('runs', name)
     if os.path.exists(args.rundir) and not os.path.isdir(args.rundir):
         sys.exit(f'error: --rundir {args.rundir} is a file, not a directory; give a directory for the run')
     try:
@@ -157,7 +128,7 @@ def resolve_flags(argv, world, device, log):
                              (args.resume, ckpt.read_state(args.resume)))
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         sys.exit(f'error: --resume {e}')
-    changes = resume_flags(args, typed, state['args'], state_path) if state else []
+    changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset, edm = PRESETS.get(args.data, dict(CUSTOM, data=args.data)), args.loss == 'edm'
     defaults = dict(init=preset['init'], batch=preset['batch'], kimg=preset['kimg'],
                     lr=EDM_LOSS['lr'] if edm else preset['lr'], lr_rampup=EDM_LOSS['lr_rampup'] if edm else 0,
@@ -174,128 +145,6 @@ def resolve_flags(argv, world, device, log):
         sys.exit(f'error: --batch {args.batch} must split into {world} GPUs x whole micro-batches of '
                  f'--batch-gpu {args.batch_gpu}')
     return args, preset, state_path, state, changes
-
-# ------------------------------------------------------------------------------------------------------------------
-# Losses, per sample (the loop takes batch means).
-
-def g_loss(logits):
-    """Non-saturating G loss: softplus(-l), mean over positions, summed over D's branches."""
-    return sum(F.softplus(-l).flatten(1).mean(1) for l in logits)
-
-
-def d_loss(fake_logits, real_logits):
-    fake = sum(F.softplus(l).flatten(1).mean(1) for l in fake_logits)
-    return fake + sum(F.softplus(-l).flatten(1).mean(1) for l in real_logits)
-
-
-def r1_penalty(D, x, labels):
-    """||d(sum of all logits)/dx_i||^2 per sample, w.r.t. the real image; create_graph for the double backward."""
-    x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(sum(l.float().sum() for l in D(x, labels)), x, create_graph=True)
-    return grad.square().flatten(1).sum(1)
-
-
-def edm_loss(net, x, labels, sigma, noise, sigma_data=0.5):
-    """EDM's denoising loss (mean over pixels), weight (sigma^2 + sd^2) / (sigma sd)^2 (arXiv 2206.00364, Table 1)."""
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-    return (weight * (net(x + noise * sigma, sigma, labels) - x).square()).flatten(1).mean(1)
-
-
-class DObjective(torch.nn.Module):
-    """D's loss as one forward, so that DDP sees each D parameter once per backward (fake and real passes, or R1)."""
-    def __init__(self, D, fast=None):
-        super().__init__()
-        self.D = D
-        object.__setattr__(self, 'fast', D if fast is None else fast)  # D's compiled forward, out of the module tree
-
-    def forward(self, real, fake, labels, r1_weight=0.0):
-        if r1_weight:
-            # R1 leaves parameters that only shift the logits (the ResNet D's output bias) without a gradient, and DDP's
-            # reducer then waits for them forever. 0 x each trainable parameter gives every one an exact zero gradient
-            # for the cost of one sum, where find_unused_parameters would search the graph on every step.
-            untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
-            return r1_weight * r1_penalty(self.D, real, labels) + untouched
-        logits = [[l.float() for l in self.fast(images, labels)] for images in (fake, real)]  # losses in fp32 under AMP
-        return d_loss(*logits)
-
-# ------------------------------------------------------------------------------------------------------------------
-# One iteration per --loss: run its optimizer steps on the real batch x (labels or None) and return its losses.
-
-def step(run, opt, module, params, micro_loss, stage):
-    """zero_grad, accumulate the batch mean over micro-batches (DDP syncs on the last), check finiteness, step."""
-    opt.zero_grad(set_to_none=True)
-    scaler, total = run.scalers['G' if stage == 'G' else 'D'], torch.zeros([], device=run.device)
-    for k in range(run.accum):
-        with contextlib.nullcontext() if run.world == 1 or k == run.accum - 1 else module.no_sync():
-            loss = micro_loss(slice(k * run.args.batch_gpu, (k + 1) * run.args.batch_gpu)).sum() / run.per_gpu
-            scaler.scale(loss).backward()
-        total += loss.detach()
-    if run.world > 1:
-        torch.distributed.all_reduce(total)
-        total /= run.world
-    loss_ok = math.isfinite(total.item())
-    grads = [param.grad for param in params if param.grad is not None]
-    grads_ok = scaler.is_enabled() or all(torch.isfinite(grad).all() for grad in grads)  # fp16: the scaler skips
-    if not (loss_ok and grads_ok):
-        raise FloatingPointError(f'non-finite {stage} {"gradient" if loss_ok else "loss"} (loss {total.item()}) at iteration '
-                                 f'{run.it}, {run.nimg / 1000:.3f} kimg. The last good state is kept in {run.args.rundir}; '
-                                 f'lower --lr/--dlr, raise --r1-gamma or use --precision fp32, then rerun to resume from it.')
-    scaler.step(opt)  # without fp16, opt.step()
-    scaler.update()
-    return total.item()
-
-
-def global_randn(run, shape):
-    """This rank's share of noise drawn for the whole global batch: every rank draws the same numbers (seeded by
-    iteration), so a run does not depend on how its batch is split over GPUs. A fresh contiguous tensor, as randn_like
-    of a channels-last x would fill other positions for the same seed."""
-    share = slice(run.rank * run.per_gpu, (run.rank + 1) * run.per_gpu)
-    return torch.randn([run.args.batch, *shape], device=run.device)[share]
-
-
-def d2o_iteration(run, x, labels):
-    """D2O (arXiv 2506.09376, Sec. 3): a G step, a D step on fakes from the updated G, a lazy R1 step."""
-    pick = lambda s: labels[s] if labels is not None else None
-    z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])
-
-    def g_step(s):
-        with run.autocast():
-            logits = run.D_fast(run.G_ddp(z_g[s], pick(s)), pick(s))
-        return g_loss([l.float() for l in logits])
-
-    def d_step(s):
-        with torch.no_grad(), run.autocast():
-            fake = run.G(z_d[s], pick(s))
-        with run.autocast():
-            return run.D_ddp(x[s], fake, pick(s))
-    for param in run.d_params:  # the G step differentiates through D without updating it
-        param.requires_grad_(False)
-    losses = dict(loss_G=step(run, run.opt_G, run.G_ddp, run.g_params, g_step, 'G'))
-    for param in run.d_params:
-        param.requires_grad_(True)
-    losses['loss_D'] = step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D')
-    if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
-        r1_weight = run.args.r1_interval * run.args.r1_gamma / 2
-        def r1_step(s):
-            with run.autocast():
-                return run.D_ddp(x[s], None, pick(s), r1_weight)
-        losses['loss_R1'] = step(run, run.opt_D, run.D_ddp, run.d_params, r1_step, 'R1')
-    return losses
-
-
-def edm_iteration(run, x, labels):
-    """EDM's pretraining (arXiv 2206.00364): the denoiser at ln sigma ~ N(-1.2, 1.2^2)."""
-    sigma = (global_randn(run, [1, 1, 1]) * 1.2 - 1.2).exp()
-    noise = global_randn(run, x.shape[1:])
-
-    def denoise(s):
-        with run.autocast():
-            return edm_loss(run.G_ddp, x[s], labels[s] if labels is not None else None, sigma[s], noise[s])
-    return dict(loss_edm=step(run, run.opt_G, run.G_ddp, run.g_params, denoise, 'G'))
-
-
-# Each --loss: its iteration and what it trains ('generator': a one-step G against a D; 'denoiser': EDM's network).
-LOSSES = dict(d2o=(d2o_iteration, 'generator'), edm=(edm_iteration, 'denoiser'))
 
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
@@ -321,62 +170,85 @@ def build_net(args, preset):
     return cls(**kwargs).train(), f'random ({src} architecture)'
 
 
+def build_d(args, preset, dataset, log):
+    """The discriminator and a description of it; --disc auto takes the projected D when its backbone files are
+    found. Fills in the D kind's own --dlr and --r1-gamma unless given."""
+    pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # official: VGG at 32x32, DeiT at 64x64
+    if args.disc == 'auto':
+        missing = disc.missing_backbones(pair, args.weights)
+        args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
+        why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not given (--weights) nor in the cache; '
+               f'fetch them with `python ckpt.py --download {" ".join(pair)}`' if missing else 'backbone files found')
+        log(f'--disc auto: {args.disc} ({why})')
+    recipe = RESNET if args.disc == 'resnet' else dict(CUSTOM, **preset)  # the toy's projected D: CUSTOM's
+    args.dlr = args.dlr or recipe['dlr']
+    args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
+    torch.manual_seed(args.seed)
+    try:
+        if args.disc == 'projected':
+            D = disc.ProjectedD(pair, dataset.label_dim, args.weights, args.seed)
+            return D, f'ProjectedD on {" + ".join(pair)}'
+        D = disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
+        return D, f'ResNetD width {args.dwidth}'
+    except (RuntimeError, ValueError) as e:
+        sys.exit(f'error: {e}')
+
+
 def build_run(args, preset, net, source, dataset, rank, world, device, log):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
-    optimizers, the AMP context, and the counters, in one namespace that the step functions read."""
-    if (net.img_resolution, net.img_channels, net.label_dim) != (dataset.resolution, dataset.num_channels, dataset.label_dim):
+    optimizers, the AMP context, and the counters, in one namespace that the iteration functions (loss.py) read."""
+    if (net.img_resolution, net.img_channels, net.label_dim) != (dataset.resolution, dataset.num_channels,
+                                                                 dataset.label_dim):
         hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
         sys.exit(f'error: the network ({source}) is {net.img_channels}x{net.img_resolution}x{net.img_resolution} with '
                  f'label_dim {net.label_dim}, but {dataset.path} holds {dataset.num_channels}x{dataset.resolution}x'
-                 f'{dataset.resolution} images with label_dim {dataset.label_dim}{hint}. Pick a matching --init/--data.')
-    run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0, D=None, D_ddp=None,
-                                opt_D=None, d_params=[], per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
-    run.kind, lazy = LOSSES[args.loss][1], args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
+                 f'{dataset.resolution} images with label_dim {dataset.label_dim}{hint}. Pick matching --init/--data.')
+    run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0,
+                                kind=loss.LOSSES[args.loss][1], D=None, D_ddp=None, opt_D=None, d_params=[],
+                                per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
     gpu = [device] if device.type == 'cuda' else None
-    ddp = lambda m: torch.nn.parallel.DistributedDataParallel(m, device_ids=gpu) if world > 1 else m
+    ddp = lambda module: torch.nn.parallel.DistributedDataParallel(module, device_ids=gpu) if world > 1 else module
+    layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
     if run.kind == 'generator':
         run.G = unet.D2OGenerator(unet.generator_net(net))
-        pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # the official pairs: VGG at 32x32, DeiT at 64x64
-        if args.disc == 'auto':
-            missing = disc.missing_backbones(pair, args.weights)
-            args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
-            why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not given (--weights) nor in the cache; '
-                   f'fetch them with `python ckpt.py --download {" ".join(pair)}`' if missing else 'backbone files found')
-            log(f'--disc auto: {args.disc} ({why})')
-        recipe = RESNET if args.disc == 'resnet' else dict(CUSTOM, **preset)  # the toy's projected D: CUSTOM's
-        args.dlr = args.dlr or recipe['dlr']
-        args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
-        torch.manual_seed(args.seed)
-        try:
-            D = disc.ProjectedD(pair, dataset.label_dim, args.weights, args.seed) if args.disc == 'projected' else \
-                disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
-        except (RuntimeError, ValueError) as e:
-            sys.exit(f'error: {e}')
-        run.D = D.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
-        run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # the projected D's backbones stay frozen
+        D, run.d_desc = build_d(args, preset, dataset, log)
+        run.D = D.to(device, memory_format=layout)
+        run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
+        lazy = args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
         run.opt_D = torch.optim.Adam(run.d_params, lr=args.dlr * lazy, betas=(0.0, 0.99 ** lazy), eps=1e-8)
         # Compiled graphs cannot take R1's double backward: R1 runs D eagerly.
         run.D_fast = torch.compile(run.D) if args.compile else run.D
-        run.D_ddp = ddp(DObjective(run.D, run.D_fast))
-        run.d_desc = f'ProjectedD on {" + ".join(pair)}' if args.disc == 'projected' else f'ResNetD width {args.dwidth}'
+        run.D_ddp = ddp(loss.DObjective(run.D, run.D_fast))
     else:
         run.G = net
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
-    run.G.to(device, memory_format=torch.channels_last if device.type == 'cuda' else torch.preserve_format)
+    run.G.to(device, memory_format=layout)
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
     run.g_params = [param for param in run.G.parameters() if param.requires_grad]
     run.G_ddp = torch.compile(ddp(run.G)) if args.compile else ddp(run.G)
     betas = (0.0, 0.99) if run.D is not None else EDM_LOSS['betas']
     run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
     amp_dtype = torch.bfloat16 if args.precision == 'bf16' else torch.float16
-    run.autocast = lambda: torch.autocast(device.type, amp_dtype) if args.precision != 'fp32' else contextlib.nullcontext()
+    amp = args.precision != 'fp32'
+    run.autocast = lambda: torch.autocast(device.type, amp_dtype) if amp else contextlib.nullcontext()
     run.scalers = {stage: torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16') for stage in 'GD'}
     return run
 
 
+def training_state(run, fid_history):
+    """Everything a resume needs, as plain tensors and numbers (ckpt.save_state writes it)."""
+    state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(), nimg=run.nimg,
+                 it=run.it, scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(),
+                 args=json.loads(json.dumps(vars(run.args))), fid_history=fid_history)
+    if run.D is not None:
+        state.update(D=run.D.state_dict(), opt_D=run.opt_D.state_dict())
+    return state
+
+
 def load_state(run, state):
     """Weights, optimizer moments and counters of a training state; the rates come from the flags (set_rates)."""
-    run.G.load_state_dict(state['G']), run.G_ema.load_state_dict(state['G_ema']), run.opt_G.load_state_dict(state['opt_G'])
+    run.G.load_state_dict(state['G']), run.G_ema.load_state_dict(state['G_ema'])
+    run.opt_G.load_state_dict(state['opt_G'])
     for stage, scaler in run.scalers.items():  # an fp32/bf16 run's scaler state is empty
         saved = state.get('scaler_' + stage, state.get('scaler') if stage == 'G' else None)  # 'scaler': older runs
         if saved and scaler.is_enabled():
@@ -387,7 +259,7 @@ def load_state(run, state):
 
 
 def set_rates(run):
-    """Learning rates (with warm-up) and D's beta2 from the flags, every iteration: a resume with new ones takes effect."""
+    """Learning rates (with warm-up) and D's beta2 from the flags, every iteration: new ones take effect on resume."""
     args, lazy = run.args, run.args.r1_interval / (run.args.r1_interval + 1)
     for group in run.opt_G.param_groups:
         group['lr'] = args.lr * min(run.nimg / (args.lr_rampup * 1000), 1) if args.lr_rampup else args.lr
@@ -412,7 +284,7 @@ def crossed(run, every_kimg):
     return run.nimg // every > (run.nimg - run.args.batch) // every
 
 
-def snapshot(run, loop_fid, kept, rank, log, line=None, final=False):
+def snapshot(run, loop_fid, kept, log, line=None, final=False):
     """Grid and G_ema checkpoint, the status line, then the full state (rank 0), each written atomically; FID when
     due and the detector is there. The state comes last: a run killed before it resumes from the previous state and
     writes everything after it again, the same way."""
@@ -425,7 +297,7 @@ def snapshot(run, loop_fid, kept, rank, log, line=None, final=False):
         log(f'FID {fid_value:.2f} at {nimg / 1000:g} kimg ({args.fid_num} images vs {loop_fid.ref_desc})', flush=True)
     if run.world > 1:
         sample.check_ranks_agree(dict(G=run.G, D=run.D) if run.D is not None else dict(G=run.G), log)
-    if rank != 0:
+    if run.rank != 0:
         return
     images = torch.cat([sample.quantize(method(list(range(i, i + 16)), run.device)[0]).cpu() for i in range(0, 64, 16)])
     sample.save_grid(images, os.path.join(args.rundir, f'grid-{nimg:09d}.png'), cols=8)
@@ -435,14 +307,13 @@ def snapshot(run, loop_fid, kept, rank, log, line=None, final=False):
     if fid_value is not None and fid_value <= min(v for _, v in loop_fid.history):  # the official code picks by hand
         ckpt.save_checkpoint(os.path.join(args.rundir, 'network-best.pt'), run.G_ema, **meta)
     if line is not None:
-        with open(os.path.join(args.rundir, 'metrics.jsonl'), 'a') as f:
-            f.write(json.dumps(dict(line, fid=fid_value)) + '\n')
-    state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(), nimg=nimg, it=run.it,
-                 scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(),
-                 args=json.loads(json.dumps(vars(args))), fid_history=loop_fid.history if loop_fid else [])
-    if run.D is not None:
-        state.update(D=run.D.state_dict(), opt_D=run.opt_D.state_dict())
-    ckpt.save_state(state, args.rundir, kept)
+        write_metrics(args.rundir, dict(line, fid=fid_value))
+    ckpt.save_state(training_state(run, loop_fid.history if loop_fid else []), args.rundir, kept)
+
+
+def write_metrics(rundir, line):
+    with open(os.path.join(rundir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps(line) + '\n')
 
 
 def status(run, stats, tick_nimg, tick_start, t_start, log):
@@ -455,9 +326,23 @@ def status(run, stats, tick_nimg, tick_start, t_start, log):
                 **{k: float(np.mean(v)) for k, v in stats.items()})
     eta = (run.args.kimg * 1000 - run.nimg) / 1000 * line['sec_per_kimg']
     losses = '  '.join(f'{k} {v:.4f}' for k, v in line.items() if k.startswith('loss'))
-    log(f'kimg {run.nimg / 1000:8.3f}  it {run.it:6d}  sec/kimg {line["sec_per_kimg"]:7.2f}  img/s {line["img_per_s"]:7.1f}  '
-        f'{losses}  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min', flush=True)
+    log(f'kimg {run.nimg / 1000:8.3f}  it {run.it:6d}  sec/kimg {line["sec_per_kimg"]:7.2f}  '
+        f'img/s {line["img_per_s"]:7.1f}  {losses}  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min', flush=True)
     return line
+
+
+def report(run, loop_fid, log):
+    """The closing lines: FID before and after (or why there is none), and where the run is."""
+    if loop_fid and loop_fid.off:
+        log(f'FID skipped: {loop_fid.off}')
+    elif loop_fid and loop_fid.history:
+        (first_kimg, first), (last_kimg, last) = loop_fid.history[0], loop_fid.history[-1]
+        best_kimg, best = min(loop_fid.history, key=lambda kv: kv[1])
+        raw = run.D is not None and first_kimg == 0
+        what = "the teacher's raw one-step output D(80z; 80)" if raw else 'the network'
+        log(f'FID of {run.args.fid_num} generated images vs {loop_fid.ref_desc}: before ({first_kimg:g} kimg, {what}) '
+            f'{first:.2f}; after ({last_kimg:g} kimg) {last:.2f}; best {best:.2f} at {best_kimg:g} kimg')
+    log(f'done: {run.nimg / 1000:g} kimg in {run.args.rundir}')
 
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -467,10 +352,21 @@ def main(argv=None):
         if device.type == 'cuda':
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             torch.backends.cudnn.benchmark = True
-        train(*resolve_flags(argv, world, device, log), rank, world, device, log)
+        args, preset, state_path, state, changes = resolve_flags(argv, world, device, log)
+        run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
+        loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,
+                               args.weights) if args.fid_num else None
+        if loop_fid and state:
+            loop_fid.history = [tuple(kv) for kv in state.get('fid_history', [])]
+        here = state and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(args.rundir)
+        kept = [state_path] if here else []  # states of this run directory are pruned to the newest two
+        del state  # loaded: do not hold a second copy of every tensor through the run
+        train(run, dataset, loop_fid, kept, log)
+        report(run, loop_fid, log)
 
 
-def train(args, preset, state_path, state, changes, rank, world, device, log):
+def setup(args, preset, state, state_path, changes, rank, world, device, log):
+    """The dataset and the run (networks, optimizers, a loaded state); then, and only then, the run directory."""
     path = preset['data']
     if args.data == 'toy' and not os.path.exists(path) and rank == 0:
         log(f'writing the toy world to {path} (once) ...')
@@ -488,37 +384,39 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
     run = build_run(args, preset, net, source, dataset, rank, world, device, log)
     if state:
         load_state(run, state)
-        log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg' + (f'; changed: {", ".join(changes)}' if changes else ''))
+        changed = f'; changed: {", ".join(changes)}' if changes else ''
+        log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
     if rank == 0:  # nothing in the run directory changes before this point
         os.makedirs(args.rundir, exist_ok=True)
         for tmp in glob.glob(os.path.join(args.rundir, '*.tmp')):  # left by a write that was killed
             os.remove(tmp)
         ckpt.trim_metrics(os.path.join(args.rundir, 'metrics.jsonl'), run.nimg)
+        options = dict(vars(args), world=world, source=run.source)
         ckpt.atomic_write(os.path.join(args.rundir, 'options.json'),
-                          lambda f: f.write(json.dumps(dict(vars(args), world=world, source=run.source), indent=1).encode()))
-    log(f'{"D2O" + ("-F" if args.freeze == 1 else "") if run.D is not None else "EDM pretraining"} of {run.source} on {path} '
-        f'({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
-    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; '
-        + (f'D: {run.d_desc}, {sum(p.numel() for p in run.d_params):,} trainable parameters; ' if run.D is not None else '')
-        + f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
+                          lambda f: f.write(json.dumps(options, indent=1).encode()))
+    log(f'{"D2O" + ("-F" if args.freeze == 1 else "") if run.D is not None else "EDM pretraining"} of {run.source} on '
+        f'{path} ({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
+    d_params = sum(param.numel() for param in run.d_params)
+    d_desc = f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else ''
+    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; {d_desc}'
+        f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
         f'run dir {args.rundir}')
-    sampler = data.InfiniteSampler(len(dataset), args.seed)
-    loop_fid = fid.LoopFID(path, dataset, args.fid_num, args.fid_ref, device, rank, world, log, args.weights) if args.fid_num else None
-    if loop_fid and state:
-        loop_fid.history = [tuple(kv) for kv in state.get('fid_history', [])]
-    kept = [state_path] if state and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(args.rundir) else []
-    del state  # loaded: do not hold a second copy of every tensor through the run
-    iteration = LOSSES[args.loss][0]
+    return run, dataset
 
+
+def train(run, dataset, loop_fid, kept, log):
+    """The loop: one iteration of --loss per batch, EMA, a status line every --tick, a snapshot every --snap."""
+    args, device = run.args, run.device
+    sampler, iteration = data.InfiniteSampler(len(dataset), args.seed), loss.LOSSES[args.loss][0]
     if run.nimg == 0:
-        snapshot(run, loop_fid, kept, rank, log)  # the starting point: grid, checkpoint and FID of the initial G
+        snapshot(run, loop_fid, kept, log)  # the starting point: grid, checkpoint and FID of the initial G
     stats, tick_start, tick_nimg, t_start = {}, time.time(), run.nimg, time.time()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
     while run.nimg < args.kimg * 1000:
         # All randomness of an iteration comes from (seed, iteration): resuming needs no RNG state.
         torch.manual_seed(int(np.random.SeedSequence([args.seed, run.it]).generate_state(1)[0]))
-        x, labels = dataset.batch(sampler.indices(run.nimg, args.batch, rank, world))
+        x, labels = dataset.batch(sampler.indices(run.nimg, args.batch, run.rank, run.world))
         x = torch.from_numpy(x).to(device).float() / 127.5 - 1
         labels = torch.from_numpy(labels).to(device) if dataset.label_dim else None
         set_rates(run)
@@ -536,20 +434,10 @@ def train(args, preset, state_path, state, changes, rank, world, device, log):
         if done or crossed(run, args.snap) or run.nimg - tick_nimg >= args.tick * 1000:
             line = status(run, stats, tick_nimg, tick_start, t_start, log)
             if done or crossed(run, args.snap):
-                snapshot(run, loop_fid, kept, rank, log, line, final=done)
-            elif rank == 0:
-                with open(os.path.join(args.rundir, 'metrics.jsonl'), 'a') as f:
-                    f.write(json.dumps(line) + '\n')
+                snapshot(run, loop_fid, kept, log, line, final=done)
+            elif run.rank == 0:
+                write_metrics(args.rundir, line)
             stats, tick_start, tick_nimg = {}, time.time(), run.nimg
-    if loop_fid and loop_fid.off:
-        log(f'FID skipped: {loop_fid.off}')
-    elif loop_fid and loop_fid.history:
-        (first_kimg, first), (last_kimg, last) = loop_fid.history[0], loop_fid.history[-1]
-        best_kimg, best = min(loop_fid.history, key=lambda kv: kv[1])
-        what = "the teacher's raw one-step output D(80z; 80)" if run.D is not None and first_kimg == 0 else 'the network'
-        log(f'FID of {args.fid_num} generated images vs {loop_fid.ref_desc}: before ({first_kimg:g} kimg, {what}) {first:.2f}; '
-            f'after ({last_kimg:g} kimg) {last:.2f}; best {best:.2f} at {best_kimg:g} kimg')
-    log(f'done: {run.nimg / 1000:g} kimg in {args.rundir}')
 
 
 if __name__ == '__main__':
