@@ -799,7 +799,7 @@ def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsy
     states = sorted(glob_states(tmp_path / 'nan'))
     assert len(states) == 2 and torch.load(states[-1], weights_only=True)['nimg'] == 16  # the newest two are kept
     assert not [f for f in os.listdir(tmp_path / 'nan') if f.endswith('.tmp')]
-    monkeypatch.setattr(train, 'g_loss', real)
+    monkeypatch.setattr(loss, 'g_loss', real)
     state = run_train(tiny, tmp_path / 'nan', '--kimg', '0.032', '--snap', '0.016', '--lr', '5e-5')  # as the message advises
     assert state['nimg'] == 32 and state['opt_G']['param_groups'][0]['lr'] == 5e-5
     assert 'resumed from' in capsys.readouterr().out
