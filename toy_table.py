@@ -2,7 +2,8 @@
 
     python toy_table.py                         # trains what is missing (resumable), samples, measures, writes the table
     python toy_table.py --kimg 40 --num 500     # the GAN budget per run, and the images per FID
-    python toy_table.py --jobs 3                # the three GAN runs at once (default: one per CPU core)
+    python toy_table.py --jobs 3                # three GAN runs at once (default: one per CPU core)
+    python toy_table.py --kimg 10 --runs d2o,diffratio-rkl,diffratio-js --out results/toy-10kimg   # some of the runs
 
 Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of --num samples against the statistics
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
@@ -42,6 +43,7 @@ parser.add_argument('--ref-num', type=ckpt.number(int, 0), default=1000, help='r
 parser.add_argument('--out', default='results/toy', help='output folder')
 parser.add_argument('--jobs', type=ckpt.number(int, 0), default=os.cpu_count(), help='GAN runs trained at once')
 parser.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='seed of every GAN run')
+parser.add_argument('--runs', default=None, help='comma-separated GAN runs to train and tabulate (default: all of RUNS)')
 parser.add_argument('--fid-every', type=ckpt.number(float, 0, inclusive=True), default=5,
                     help='kimg between the FIDs of the curves (0: no curves)')
 
@@ -69,7 +71,7 @@ def train_runs(args):
     interrupted. -> {key: (snapshot path, wall minutes)}"""
     todo = [(key, [args.teacher if flag == 'TEACHER' else flag for flag in extra] +
              (['--fid-every', str(args.fid_every), '--fid-num', str(args.num), '--fid-ref', str(args.ref_num)]
-              if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS]
+              if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS if key in args.runs]
     running, runs = [], {}
     rundirs = [os.path.join(args.out, key) for key, _ in todo]
     progress, done = ckpt.Progress('GAN runs', len(todo) * round(args.kimg * 1000), every=60), 0
@@ -113,6 +115,11 @@ def write_fid_curves(out, keys):
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
+    unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
+    if unknown or 'd2o' not in args.runs:
+        parser.error(f'--runs {unknown[0]!r} is not a run' if unknown else '--runs must include d2o (every row is also '
+                     'measured against it)')
     os.makedirs(args.out, exist_ok=True)
     path = data.toy_path(16)
     if not os.path.exists(path):
@@ -126,19 +133,21 @@ def main(argv=None):
     frozen, total = freeze.freeze(unet.D2OGenerator(ckpt.load_edm(args.teacher)), 1, verbose=False)
     snapshot = lambda key: sample.load_sampler(runs[key][0])[0]
     best_of_4 = lambda key: sample.BestOfN(snapshot(key), disc.load_d(runs[key][0].replace('network-', 'disc-')), 4)
+    run_rows = [('d2o', 'D2O, one step', 'd2o', snapshot),
+                ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', 'd2o-f', snapshot),
+                ('random', 'same GAN from random init, one step', 'random', snapshot),
+                ('diffratio-rkl', 'DiffRatio (reverse KL), one step', 'diffratio-rkl', snapshot),
+                ('diffratio-js', 'DiffRatio (JS), one step', 'diffratio-js', snapshot),
+                ('diffratio-random', 'DiffRatio (reverse KL) from random init', 'diffratio-random', snapshot),
+                ('diffratio-reinit-io', 'DiffRatio, teacher with input/output layers re-initialised',
+                 'diffratio-reinit-io', snapshot),
+                ('diffratio-reinit-inner', 'DiffRatio, teacher with inner blocks re-initialised', 'diffratio-reinit-inner',
+                 snapshot),
+                ('d2o-best4', 'D2O, best of 4 by its D', 'd2o', best_of_4),
+                ('diffratio-best4', 'DiffRatio (reverse KL), best of 4 by its ratio D', 'diffratio-rkl', best_of_4)]
     rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
-            ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw')),
-            ('d2o', 'D2O, one step', snapshot('d2o')),
-            ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', snapshot('d2o-f')),
-            ('random', 'same GAN from random init, one step', snapshot('random')),
-            ('diffratio-rkl', 'DiffRatio (reverse KL), one step', snapshot('diffratio-rkl')),
-            ('diffratio-js', 'DiffRatio (JS), one step', snapshot('diffratio-js')),
-            ('diffratio-random', 'DiffRatio (reverse KL) from random init', snapshot('diffratio-random')),
-            ('diffratio-reinit-io', 'DiffRatio, teacher with input/output layers re-initialised',
-             snapshot('diffratio-reinit-io')),
-            ('diffratio-reinit-inner', 'DiffRatio, teacher with inner blocks re-initialised', snapshot('diffratio-reinit-inner')),
-            ('d2o-best4', 'D2O, best of 4 by its D', best_of_4('d2o')),
-            ('diffratio-best4', 'DiffRatio (reverse KL), best of 4 by its ratio D', best_of_4('diffratio-rkl'))]
+            ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw'))]
+    rows += [(slug, name, make(key)) for slug, name, key, make in run_rows if key in runs]
     rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
 
     # Real images outside the reference subset: the FID floor at this N.
@@ -171,8 +180,9 @@ def main(argv=None):
     curves = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
               'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
     fid.write_spectra(curves, os.path.join(args.out, 'spectrum'))
+    curves = {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'}
     if args.fid_every:
-        write_fid_curves(args.out, {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'})
+        write_fid_curves(args.out, {label: key for label, key in curves.items() if key in runs})
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
     text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, FID of {args.num} samples vs {args.ref_num} real images.', '',
                       *table, '', 'High-frequency share of spectral power (radius >= R/4): '
