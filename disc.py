@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import ckpt
+import unet
 
 
 class EqConv(torch.nn.Module):
@@ -81,6 +82,8 @@ def minibatch_std(x, group=4):
 class ResNetD(torch.nn.Module):
     def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128):
         super().__init__()
+        self.init_kwargs = dict(resolution=resolution, channels=channels, label_dim=label_dim, width=width,
+                                max_width=max_width, cmap_dim=cmap_dim)
         self.resolution, self.label_dim = resolution, label_dim
         ch = lambda res: min(width * (resolution // res), max_width)
         self.from_rgb = EqConv(channels, ch(resolution), 1)
@@ -105,6 +108,58 @@ class ResNetD(torch.nn.Module):
             x = (x * self.embed(c)).sum(dim=1, keepdim=True) / math.sqrt(x.shape[1])
         return [x]
 
+
+class RatioD(torch.nn.Module):
+    """The density-ratio network of --loss diffratio, D(x_sigma, c, sigma) -> [logit d]: trained with the logistic
+    loss (real = 1) on noised images, its optimum is d = log p_data,sigma(x) - log p_G,sigma(x), and its x-gradient the
+    score difference (arXiv 2502.08005, Abstract). The paper's network is not public; this one is ours: the ResNet D's
+    residual trunk on c_in(sigma) x_sigma (EDM's input scaling), the noise level's embedding (EDM's c_noise =
+    ln(sigma)/4, positional features, one layer) added to every block's input, projection conditioning on the noise
+    level plus the class. No minibatch-std, so a sample's logit does not depend on the others in its batch (best-of-N
+    scores candidates with it)."""
+    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, sigma_data=0.5):
+        super().__init__()
+        self.init_kwargs = dict(resolution=resolution, channels=channels, label_dim=label_dim, width=width,
+                                max_width=max_width, cmap_dim=cmap_dim, sigma_data=sigma_data)
+        self.resolution, self.label_dim, self.sigma_data = resolution, label_dim, sigma_data
+        ch = lambda res: min(width * (resolution // res), max_width)
+        self.map_noise = unet.PositionalEmbedding(cmap_dim, endpoint=True)
+        self.map_layer = EqLinear(cmap_dim, cmap_dim)
+        self.embed = EqLinear(label_dim, cmap_dim, bias=False) if label_dim else None
+        self.from_rgb = EqConv(channels, ch(resolution), 1)
+        self.affine, self.blocks, res = torch.nn.ModuleList(), torch.nn.ModuleList(), resolution
+        while res > 4:
+            self.affine.append(EqLinear(cmap_dim, ch(res)))
+            self.blocks.append(ResBlock(ch(res), ch(res // 2)))
+            res //= 2
+        self.conv = EqConv(ch(4), ch(4), 3)
+        self.fc = EqLinear(ch(4) * 16, ch(4))
+        self.out = EqLinear(ch(4), cmap_dim)
+
+    def forward(self, x, c=None, sigma=None):
+        sigma = sigma.to(torch.float32).reshape(-1)
+        emb = lrelu(self.map_layer(self.map_noise(sigma.log() / 4)))
+        if self.embed is not None:
+            emb = emb + self.embed(c)
+        x = lrelu(self.from_rgb(x / (sigma ** 2 + self.sigma_data ** 2).sqrt().reshape(-1, 1, 1, 1)))
+        for affine, block in zip(self.affine, self.blocks):
+            x = block(x + affine(emb)[:, :, None, None])
+        x = self.out(lrelu(self.fc(lrelu(self.conv(x)).flatten(1))))
+        return [(x * emb).sum(dim=1, keepdim=True) / math.sqrt(x.shape[1])]
+
+
+SAVED = {'ResNetD': lambda **kwargs: ResNetD(**kwargs), 'RatioD': lambda **kwargs: RatioD(**kwargs)}
+
+
+def load_d(path):
+    """A D that train.py saved beside its G snapshots (disc-snapshot-*.pt: the ResNet D or the ratio D), in eval
+    mode: the verifier of sample.py --best-of."""
+    saved = ckpt.load_verified(path)
+    if not isinstance(saved, dict) or saved.get('format') != ckpt.CKPT_FORMAT or saved.get('class_name') not in SAVED:
+        raise ValueError(f'{path}: not a discriminator saved by train.py (disc-snapshot-*.pt of a ResNet or ratio D)')
+    D = SAVED[saved['class_name']](**saved['init_kwargs'])
+    D.load_state_dict(saved['state_dict'])
+    return D.eval().requires_grad_(False)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Feature networks (frozen). Each returns its four stage outputs.

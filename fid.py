@@ -434,27 +434,33 @@ def write_spectra(curves, dest):
     plot_spectra(curves, dest + '.png')
 
 
-def plot_spectra(curves, path, size=(480, 320)):
-    """A log-power vs frequency line plot drawn with pillow. curves: {label: array over radius 0..R/2}. Radius 0 is
-    the image mean, which radial_spectrum removes, so the plot starts at radius 1."""
+def plot_spectra(curves, path):
+    """Log-power vs frequency. curves: {label: array over radius 0..R/2}. Radius 0 is the image mean, which
+    radial_spectrum removes, so the plot starts at radius 1."""
+    lines = {k: (np.arange(1, len(v)), np.log10(np.maximum(v[1:], 1e-12))) for k, v in curves.items()}
+    plot_lines(lines, path, 'spatial frequency (radius) ->', 'log10 P')
+
+
+def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
+    """A line plot drawn with pillow (no plotting dependency). curves: {label: (xs, ys)}."""
     w, h = size
     img = Image.new('RGB', size, 'white')
     d = ImageDraw.Draw(img)
     left, top, right, bottom = 50, 20, w - 130, h - 30
-    logs = {k: np.log10(np.maximum(v[1:], 1e-12)) for k, v in curves.items()}
-    lo, hi = min(v.min() for v in logs.values()), max(v.max() for v in logs.values())
+    xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in curves.values()])
+    ys = np.concatenate([np.asarray(y, dtype=float) for _, y in curves.values()])
+    (x0, x1), (lo, hi) = (xs.min(), xs.max()), (ys.min(), ys.max())
     d.rectangle([left, top, right, bottom], outline='black')
-    n = len(next(iter(logs.values())))
-    d.text((left, bottom + 4), '1', fill='black')
-    d.text((right - 10, bottom + 4), str(n), fill='black')
-    d.text((left + 30, bottom + 12), 'spatial frequency (radius) ->', fill='black')
+    d.text((left, bottom + 4), f'{x0:g}', fill='black')
+    d.text((right - 10, bottom + 4), f'{x1:g}', fill='black')
+    d.text((left + 30, bottom + 12), xlabel, fill='black')
     d.text((4, top), f'{hi:.1f}', fill='black')
     d.text((4, bottom - 10), f'{lo:.1f}', fill='black')
-    d.text((4, (top + bottom) // 2), 'log10 P', fill='black')
+    d.text((4, (top + bottom) // 2), ylabel[:7], fill='black')
     colours = ['black', 'red', 'blue', 'green', 'orange', 'purple']
-    for i, (label, v) in enumerate(logs.items()):
-        pts = [(left + (right - left) * k / max(len(v) - 1, 1), bottom - (bottom - top) * (y - lo) / max(hi - lo, 1e-9))
-               for k, y in enumerate(v)]
+    for i, (label, (x, y)) in enumerate(curves.items()):
+        pts = [(left + (right - left) * (a - x0) / max(x1 - x0, 1e-9), bottom - (bottom - top) * (b - lo) / max(hi - lo, 1e-9))
+               for a, b in zip(x, y)]
         d.line(pts, fill=colours[i % len(colours)], width=2)
         d.text((right + 8, top + 14 * i), label[:18], fill=colours[i % len(colours)])
     img.save(path)

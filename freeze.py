@@ -1,5 +1,7 @@
 """The D2O-F freezing rule (the official D2O code's --freeze): freeze the 3x3 convs of every residual block and the attention
-output projections, train everything else (norms, embeddings, skips, qkv, input and output layers).
+output projections, train everything else (norms, embeddings, skips, qkv, input and output layers). Also the rule of
+the initialisation study (train.py --reinit; arXiv 2502.08005, Sec. 1: the teacher helps through its features, not its
+latent-to-output mapping): which tensors are the mapping's ends, and which the features.
 
     python freeze.py edm-cifar10-32x32-uncond-ve            # print the frozen fraction of each level
     python freeze.py edm-imagenet-64x64-cond-adm --level 1
@@ -10,6 +12,7 @@ EDM's module names that selects exactly the parameters of UNetBlocks (*_block{k}
 """
 
 import argparse
+import re
 
 import torch
 
@@ -35,6 +38,31 @@ def freeze(net, level, verbose=True):
     if verbose:
         print(f'froze {frozen:,} of {total:,} parameters ({100 * frozen / max(total, 1):.2f}%)')
     return frozen, total
+
+
+def is_io_layer(name):
+    """The ends of the latent-to-output mapping: the first conv (image -> features), the image-pyramid paths of
+    SongUNet's skip/residual encoders and decoders (*_aux_*), and the output norm and conv (features -> image)."""
+    return re.search(r'\.enc\.\d+x\d+_conv\.|_aux_|\.out_norm\.|\.out_conv\.', name) is not None
+
+
+REINIT = {'io': is_io_layer, 'inner': lambda name: not is_io_layer(name)}  # inner: the blocks and the embedding MLP
+
+
+def reinit(net, part, seed=0, verbose=True):
+    """Replace the weights of one part of the network ('io' or 'inner') by a fresh initialisation (the network's own
+    initialiser, seeded), keep the rest. Returns the number of parameters re-initialised."""
+    torch.manual_seed(seed)
+    fresh = dict(type(net)(**net.init_kwargs).named_parameters())
+    count = 0
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if REINIT[part](name):
+                param.copy_(fresh[name])
+                count += param.numel()
+    if verbose:
+        print(f'--reinit {part}: re-initialised {count:,} of {sum(p.numel() for p in net.parameters()):,} parameters')
+    return count
 
 
 if __name__ == '__main__':

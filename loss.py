@@ -1,9 +1,11 @@
 """The training objectives. Each --loss of train.py is one iteration function here: it runs that iteration's
 optimizer steps on the real batch and returns its losses. Adding a loss is adding a function and its entry in LOSSES.
 
-    d2o   D2O (arXiv 2506.09376, Sec. 3): a one-step G fine-tuned from the teacher against a D with the non-saturating
-          GAN loss and lazy R1; no diffusion loss, no teacher queries
-    edm   EDM's denoising loss (arXiv 2206.00364): pretrains a teacher (the toy's assets/toy-edm.pt)
+    d2o        D2O (arXiv 2506.09376, Sec. 3): a one-step G fine-tuned from the teacher against a D with the
+               non-saturating GAN loss and lazy R1; no diffusion loss, no teacher queries
+    diffratio  DiffRatio (arXiv 2502.08005): the same one-step G, trained along the x-gradient of a log density ratio
+               that a noise-conditioned D learns across noise levels (our reconstruction of the objective)
+    edm        EDM's denoising loss (arXiv 2206.00364): pretrains a teacher (the toy's assets/toy-edm.pt)
 
 An iteration function takes (run, x, labels): `run` is train.py's namespace of the networks, their DDP wrappers,
 optimizers, AMP context and counters; x the real batch in [-1, 1], labels one-hot or None.
@@ -30,10 +32,21 @@ def d_loss(fake_logits, real_logits):
     return fake + sum(F.softplus(-l).flatten(1).mean(1) for l in real_logits)
 
 
-def r1_penalty(D, x, labels):
+def reverse_kl_g_loss(logits):
+    """DiffRatio's reverse-KL surrogate -d (RECONSTRUCTION, see diffratio_iteration): with d = log p_data/p_G, the
+    gradient of KL(p_G || p_data) through x is -grad_x d, the score difference of VSD/DMD without either score."""
+    return -sum(l.flatten(1).mean(1) for l in logits)
+
+
+# DiffRatio's G surrogates (--divergence). JS is the non-saturating GAN loss at each noise level: the exact JS
+# gradient weighs grad_x d by sigmoid(d)/2 (the saturating form), the usual practical substitute by 1 - sigmoid(d).
+DIVERGENCES = dict(rkl=reverse_kl_g_loss, js=g_loss)
+
+
+def r1_penalty(D, x, labels, **kwargs):
     """||d(sum of all logits)/dx_i||^2 per sample, w.r.t. the real image; create_graph for the double backward."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(sum(l.float().sum() for l in D(x, labels)), x, create_graph=True)
+    (grad,) = torch.autograd.grad(sum(l.float().sum() for l in D(x, labels, **kwargs)), x, create_graph=True)
     return grad.square().flatten(1).sum(1)
 
 
@@ -50,14 +63,17 @@ class DObjective(torch.nn.Module):
         self.D = D
         object.__setattr__(self, 'fast', D if fast is None else fast)  # D's compiled forward, out of the module tree
 
-    def forward(self, real, fake, labels, r1_weight=0.0):
+    def forward(self, real, fake, labels, r1_weight=0.0, real_kw=None, fake_kw=None):
+        """*_kw: D's keyword arguments for each set (a noise-conditioned D's sigma)."""
+        real_kw, fake_kw = real_kw or {}, fake_kw or {}
         if r1_weight:
             # R1 leaves parameters that only shift the logits (the ResNet D's output bias) without a gradient, and DDP's
             # reducer then waits for them forever. 0 x each trainable parameter gives every one an exact zero gradient
             # for the cost of one sum, where find_unused_parameters would search the graph on every step.
             untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
-            return r1_weight * r1_penalty(self.D, real, labels) + untouched
-        logits = [[l.float() for l in self.fast(images, labels)] for images in (fake, real)]  # losses in fp32 under AMP
+            return r1_weight * r1_penalty(self.D, real, labels, **real_kw) + untouched
+        logits = [[l.float() for l in self.fast(images, labels, **kw)]  # losses in fp32 under AMP
+                  for images, kw in ((fake, fake_kw), (real, real_kw))]
         return d_loss(*logits)
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -96,34 +112,72 @@ def global_randn(run, shape):
     return torch.randn([run.args.batch, *shape], device=run.device)[share]
 
 
-def d2o_iteration(run, x, labels):
-    """D2O (arXiv 2506.09376, Sec. 3): a G step, a D step on fakes from the updated G, a lazy R1 step."""
+def clean(run, shape):
+    """D2O's view of the images: as they are."""
+    return lambda images, s: (images, {})
+
+
+def noised(run, shape):
+    """DiffRatio's view: x + sigma n with ln sigma ~ N(--sigma-mean, --sigma-std^2) per sample, drawn for the global
+    batch, and sigma passed to the noise-conditioned D."""
+    sigma = (global_randn(run, [1, 1, 1]) * run.args.sigma_std + run.args.sigma_mean).exp()
+    noise = global_randn(run, shape)
+    return lambda images, s: (images + sigma[s] * noise[s], dict(sigma=sigma[s].flatten()))
+
+
+def gan_iteration(run, x, labels, view, generator_loss):
+    """A G step (D frozen) on fresh z, --d-steps D steps on fakes from the updated G, and every --r1-interval
+    iterations a lazy R1 step on reals. view(run, shape) draws what D sees of a set of images."""
     pick = lambda s: labels[s] if labels is not None else None
     z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])
+    g_view = view(run, x.shape[1:])
 
     def g_step(s):
         with run.autocast():
-            logits = run.D_fast(run.G_ddp(z_g[s], pick(s)), pick(s))
-        return g_loss([l.float() for l in logits])
-
-    def d_step(s):
-        with torch.no_grad(), run.autocast():
-            fake = run.G(z_d[s], pick(s))
-        with run.autocast():
-            return run.D_ddp(x[s], fake, pick(s))
+            images, kw = g_view(run.G_ddp(z_g[s], pick(s)), s)
+            logits = run.D_fast(images, pick(s), **kw)
+        return generator_loss([l.float() for l in logits])
     for param in run.d_params:  # the G step differentiates through D without updating it
         param.requires_grad_(False)
     losses = dict(loss_G=step(run, run.opt_G, run.G_ddp, run.g_params, g_step, 'G'))
     for param in run.d_params:
         param.requires_grad_(True)
-    losses['loss_D'] = step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D')
-    if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
-        r1_weight = run.args.r1_interval * run.args.r1_gamma / 2
-        def r1_step(s):
+    d_losses = []
+    for k in range(run.args.d_steps):
+        z, real_view, fake_view = z_d if k == 0 else global_randn(run, x.shape[1:]), view(run, x.shape[1:]), \
+            view(run, x.shape[1:])
+
+        def d_step(s):
+            with torch.no_grad(), run.autocast():
+                fake = run.G(z[s], pick(s))
+            (real, real_kw), (fake, fake_kw) = real_view(x[s], s), fake_view(fake, s)
             with run.autocast():
-                return run.D_ddp(x[s], None, pick(s), r1_weight)
+                return run.D_ddp(real, fake, pick(s), real_kw=real_kw, fake_kw=fake_kw)
+        d_losses.append(step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D'))
+    losses['loss_D'] = sum(d_losses) / len(d_losses)
+    if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
+        r1_weight, r1_view = run.args.r1_interval * run.args.r1_gamma / 2, view(run, x.shape[1:])
+
+        def r1_step(s):
+            real, real_kw = r1_view(x[s], s)
+            with run.autocast():
+                return run.D_ddp(real, None, pick(s), r1_weight, real_kw=real_kw)
         losses['loss_R1'] = step(run, run.opt_D, run.D_ddp, run.d_params, r1_step, 'R1')
     return losses
+
+
+def d2o_iteration(run, x, labels):
+    """D2O (arXiv 2506.09376, Sec. 3): the non-saturating GAN loss on the images themselves."""
+    return gan_iteration(run, x, labels, clean, g_loss)
+
+
+def diffratio_iteration(run, x, labels):
+    """DiffRatio (arXiv 2502.08005). RECONSTRUCTION: the paper's method section could not be read; its abstract
+    gives the idea, the rest is a standard derivation. D learns the log density ratio d = log p_data,sigma -
+    log p_G,sigma of noised images across noise levels by logistic classification; G moves along grad_x d through
+    x_sigma = G(z) + sigma n (--divergence: reverse KL -d, or JS, the GAN loss at each level), with no teacher score
+    and no student score network. Weight w(sigma) = 1 at every level."""
+    return gan_iteration(run, x, labels, noised, DIVERGENCES[run.args.divergence])
 
 
 def edm_iteration(run, x, labels):
@@ -137,8 +191,11 @@ def edm_iteration(run, x, labels):
     return dict(loss_edm=step(run, run.opt_G, run.G_ddp, run.g_params, denoise, 'G'))
 
 
-# Each --loss: its iteration and what it trains ('generator': a one-step G against a D; 'denoiser': EDM's network).
-LOSSES = dict(d2o=(d2o_iteration, 'generator'), edm=(edm_iteration, 'denoiser'))
+# Each --loss: its iteration, what it trains ('generator': a one-step G against a D; 'denoiser': EDM's network) and
+# the kinds of D it takes (train.py --disc; the first is its default under --disc auto when no other applies).
+LOSSES = dict(d2o=(d2o_iteration, 'generator', ('resnet', 'projected')),
+              diffratio=(diffratio_iteration, 'generator', ('ratio',)),
+              edm=(edm_iteration, 'denoiser', ()))
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@
     python sample.py --net runs/toy-d2o/network-snapshot-000012000.pt --seeds 0-63 --grid grid.png
     python sample.py --net edm-cifar10-32x32-cond-vp --seeds 0-49999 --outdir out/edm --subdirs   # Heun, 18 steps
     python sample.py --net assets/toy-edm.pt --raw --seeds 0-999 --npz raw.npz     # the teacher's D(80z; 80)
+    python sample.py --net runs/toy-diffratio/network-snapshot-000040000.pt --best-of 4 --npz best.npz   # D as verifier
     torchrun --standalone --nproc_per_node=8 sample.py --net ... --seeds 0-49999 --outdir out/x
 
 Method: our generator checkpoints sample in one network evaluation. A diffusion network (EDM .pkl or our teacher
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 import ckpt
+import disc
 import unet
 
 
@@ -102,9 +104,11 @@ class Sampler:
             self.nfe = 1
 
     @torch.no_grad()
-    def __call__(self, seeds, device, class_idx=None):
+    def __call__(self, seeds, device, class_idx=None, labels=None):
+        """Images for the seeds; labels, if given, replace the ones the seeds draw (best-of-N's candidates)."""
         rnd = StackedRandomGenerator(device, seeds)
-        z, labels = latents_and_labels(rnd, len(seeds), self.net, device, class_idx)
+        z, drawn = latents_and_labels(rnd, len(seeds), self.net, device, class_idx)
+        labels = drawn if labels is None else labels
         if self.method == 'generator':
             x = self.net(z, labels)
         elif self.method == 'raw':
@@ -112,6 +116,46 @@ class Sampler:
         else:
             x = edm_sampler(self.net, z, labels, randn_like=rnd.randn_like, **self.heun_kwargs)
         return x, labels
+
+
+def derived_seed(seed, k):
+    """The seed of a seed's k-th extra candidate (best-of-N)."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+class BestOfN:
+    """The density ratio as a verifier (arXiv 2502.08005 v5, abstract; its scoring rule is not public, this one is
+    ours): per seed, N candidates with the seed's class (candidate 0 is the seed's own sample, candidate k that of
+    derived_seed(seed, k)), each scored by a trained D's logit, an estimate of log p_data(x) / p_G(x); the highest is
+    kept. A noise-conditioned ratio D scores the mean logit over SIGMAS, one noise draw per seed shared by its
+    candidates; the ResNet D scores the clean image, the N candidates of a seed as one batch (its minibatch-std)."""
+    SIGMAS = (0.05, 0.2, 0.5)
+
+    def __init__(self, sampler, D, n):
+        self.sampler, self.D, self.n = sampler, D, n
+        self.method, self.nfe = f'{sampler.method}, best of {n}', sampler.nfe * n
+
+    @torch.no_grad()
+    def __call__(self, seeds, device, class_idx=None):
+        x, labels = self.sampler(seeds, device, class_idx)
+        if self.n == 1:
+            return x, labels
+        candidates = torch.stack([x] + [self.sampler([derived_seed(s, k) for s in seeds], device, labels=labels)[0]
+                                        for k in range(1, self.n)], 1)  # [seeds, N, C, H, W]
+        scores = torch.stack([self.score(seed, images, labels[i:i + 1] if labels is not None else None)
+                              for i, (seed, images) in enumerate(zip(seeds, candidates))])
+        return candidates[torch.arange(len(seeds)), scores.argmax(1)], labels
+
+    def score(self, seed, images, label):
+        """The N candidates of one seed -> N scores."""
+        label = label.expand(len(images), -1) if label is not None else None
+        if not isinstance(self.D, disc.RatioD):  # the ResNet D: the clean images
+            return self.D(images, label)[0].flatten()
+        generator = torch.Generator(images.device).manual_seed(derived_seed(seed, 0))  # k = 0: no candidate's seed
+        noise = torch.randn([len(self.SIGMAS), *images.shape[1:]], generator=generator, device=images.device)
+        sigma = lambda value: torch.full([len(images)], value, device=images.device)
+        return torch.stack([self.D(images + value * noise[j], label, sigma(value))[0].flatten()
+                            for j, value in enumerate(self.SIGMAS)]).mean(0)
 
 
 def load_sampler(src, raw=False, steps=None, churn=None, device='cpu'):
@@ -209,12 +253,19 @@ def main():
     parser.add_argument('--npz', default=None, help='write all images (NHWC uint8 arr_0, labels arr_1) to this npz')
     parser.add_argument('--grid', default=None, help='write the first 64 images as a grid PNG')
     parser.add_argument('--compile', action='store_true', help='torch.compile the network (pays off for many images)')
+    parser.add_argument('--best-of', type=ckpt.number(int, 0), default=1, help='candidates per seed, the best kept by a D')
+    parser.add_argument('--verifier', default=None, help='--best-of\'s D (default: the disc-snapshot beside --net)')
     args = parser.parse_args()
+    verifier = args.verifier or os.path.join(os.path.dirname(args.net), os.path.basename(args.net).replace('network-', 'disc-'))
+    if args.best_of > 1 and not os.path.isfile(verifier):
+        parser.error(f'--best-of needs a D saved by train.py: {verifier} not found (give --verifier PATH)')
 
     with distributed() as (rank, world, device):
         sampler, _ = load_sampler(args.net, args.raw, args.steps, args.churn, device)
         if args.compile:
             sampler.net = torch.compile(sampler.net)
+        if args.best_of > 1:
+            sampler = BestOfN(sampler, disc.load_d(verifier).to(device), args.best_of)
         seeds = parse_seeds(args.seeds)
         if rank == 0:
             print(f'{args.net}: {sampler.method} sampling ({sampler.nfe} NFE), {len(seeds)} seeds on {world} rank(s)')

@@ -486,6 +486,20 @@ def test_disc_projection_identical_across_ranks(backbone_dir, tmp_path):
     assert not torch.equal(a, torch.cat([q.flatten() for q in other.proj.parameters()]))  # the seed matters
 
 
+def test_disc_ratio_d_conditioning_and_independence():
+    """RatioD: one logit per image; it depends on the noise level and the class; a sample's logit does not depend on
+    the rest of its batch (best-of-N scores with it); gradients reach the input and every parameter."""
+    torch.manual_seed(0)
+    D = disc.RatioD(8, 3, label_dim=4, width=8)
+    x, c, sigma = torch.randn(5, 3, 8, 8, requires_grad=True), torch.eye(4)[[0, 1, 2, 3, 0]], torch.rand(5) + 0.1
+    (d,) = D(x, c, sigma)
+    assert d.shape == (5, 1)
+    torch.testing.assert_close(D(x[:2], c[:2], sigma[:2])[0], d[:2])
+    assert not torch.allclose(D(x, c, sigma * 3)[0], d) and not torch.allclose(D(x, c.roll(1, 0), sigma)[0], d)
+    d.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+
+
 def test_disc_offline_names_every_missing_file(monkeypatch, tmp_path, backbone_files):
     """Offline, one error names every backbone file still missing (not only the first) and where it goes; a file
     found through $D2O_WEIGHTS is not in the list; nothing is left in the cache."""
@@ -591,6 +605,25 @@ def test_freeze_gradients_equal_unfrozen(tiny):
             assert p2.grad is None, n  # no gradient computed for frozen tensors
 
 
+def test_freeze_reinit_touches_exactly_the_stated_tensors():
+    """--reinit io re-initialises the toy teacher's first conv (32x3x3x3 + 32 = 896), the output GroupNorm (2 x 32)
+    and the output conv (3x32x3x3 + 3 = 867): 1,827 parameters; --reinit inner all the others. Kept tensors stay
+    bit-equal to the teacher; re-initialised ones equal a fresh network's from the same seed."""
+    teacher = ckpt.load_edm(os.path.join(HERE, 'assets', 'toy-edm.pt'))
+    total = sum(p.numel() for p in teacher.parameters())
+    torch.manual_seed(3)
+    fresh = dict(type(teacher)(**teacher.init_kwargs).named_parameters())
+    for part, expected in (('io', 896 + 64 + 867), ('inner', total - 1827)):
+        net = ckpt.load_edm(os.path.join(HERE, 'assets', 'toy-edm.pt'))
+        assert freeze.reinit(net, part, seed=3, verbose=False) == expected
+        old = dict(teacher.named_parameters())
+        for name, param in net.named_parameters():
+            chosen = freeze.is_io_layer(name) == (part == 'io')
+            assert torch.equal(param, fresh[name] if chosen else old[name]), (part, name)
+    io = {n.rsplit('.', 1)[0] for n, _ in teacher.named_parameters() if freeze.is_io_layer(n)}
+    assert io == {'model.enc.16x16_conv', 'model.dec.16x16_aux_norm', 'model.dec.16x16_aux_conv'}
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # loss.py: the GAN losses, R1, D's objective under DDP
 
@@ -627,6 +660,76 @@ def test_loss_ddp_r1_reaches_every_parameter():
     torch.testing.assert_close(total, 0.5 * loss.r1_penalty(D, x, c).sum())
 
 
+class QuadraticRatio(torch.nn.Module):
+    """d(x, sigma) = a x^2 + b x + c per noise level: the family that holds the log ratio of two 1-D Gaussians."""
+    def __init__(self, levels):
+        super().__init__()
+        self.levels, self.coef = torch.tensor(levels), torch.nn.Parameter(torch.zeros(len(levels), 3))
+
+    def forward(self, x, labels=None, sigma=None):
+        coef = self.coef[(sigma.reshape(-1, 1) - self.levels).abs().argmin(1)]
+        x = x.flatten(1)
+        return [(coef[:, :1] * x ** 2 + coef[:, 1:2] * x + coef[:, 2:]).reshape(-1, 1)]
+
+
+def gaussian_log_ratio(x, sigma, mean_p, std_p, mean_q, std_q):
+    """log N(x; mean_p, std_p^2 + sigma^2) - log N(x; mean_q, std_q^2 + sigma^2) and its x-gradient, by hand."""
+    vp, vq = std_p ** 2 + sigma ** 2, std_q ** 2 + sigma ** 2
+    value = -(x - mean_p) ** 2 / (2 * vp) + (x - mean_q) ** 2 / (2 * vq) - 0.5 * math.log(vp / vq)
+    return value, -(x - mean_p) / vp + (x - mean_q) / vq
+
+
+def test_loss_ratio_d_recovers_the_gaussian_log_ratio():
+    """The D objective of --loss diffratio (logistic, real = 1, on noised sets, sigma passed to D) trained on two 1-D
+    Gaussians p = N(1, 0.5^2), q = N(-0.5, 1) recovers log p_sigma / q_sigma and its x-gradient (the score
+    difference) at each noise level, within 0.1 on x in [-1.5, 2]."""
+    torch.manual_seed(0)
+    levels, n = (0.3, 1.0), 40000
+    D = QuadraticRatio(levels)
+    objective = loss.DObjective(D)
+    sigma = torch.tensor(levels).repeat_interleave(n // 2)
+    real = (1 + 0.5 * torch.randn(n) + sigma * torch.randn(n)).reshape(n, 1, 1, 1)
+    fake = (-0.5 + torch.randn(n) + sigma * torch.randn(n)).reshape(n, 1, 1, 1)
+    opt = torch.optim.LBFGS(D.parameters(), lr=1, max_iter=200, line_search_fn='strong_wolfe')
+
+    def closure():
+        opt.zero_grad()
+        total = objective(real, fake, None, real_kw=dict(sigma=sigma), fake_kw=dict(sigma=sigma)).mean()
+        total.backward()
+        return total
+    opt.step(closure)
+    x = torch.linspace(-1.5, 2, 50).reshape(-1, 1, 1, 1).requires_grad_(True)
+    for level in levels:
+        d = D(x, None, torch.full([50], level))[0].flatten()
+        (grad,) = torch.autograd.grad(d.sum(), x)
+        value, slope = gaussian_log_ratio(x.detach().flatten(), level, 1.0, 0.5, -0.5, 1.0)
+        assert (d.detach() - value).abs().max() < 0.1, level
+        assert (grad.flatten() - slope).abs().max() < 0.1, level
+
+
+def test_loss_reverse_kl_gradient_is_the_score_difference():
+    """G(z) = theta + 0.8 z against data N(mu, 0.5^2), through x_sigma = G(z) + sigma n, with D the exact log ratio
+    (frozen): the reverse-KL loss's gradient at each x_sigma is the score difference grad log q_sigma - grad log p_sigma
+    (over the batch mean), and its theta-gradient that of KL(q_sigma || p_sigma), (theta - mu) / (0.5^2 + sigma^2)."""
+    torch.manual_seed(0)
+    mu, theta0, sigma, n = 1.0, -0.5, 0.7, 200000
+    theta = torch.tensor(theta0, requires_grad=True)
+    x = theta + 0.8 * torch.randn(n) + sigma * torch.randn(n)
+    x.retain_grad()
+    d, _ = gaussian_log_ratio(x, sigma, mu, 0.5, theta0, 0.8)
+    loss.reverse_kl_g_loss([d.reshape(n, 1)]).mean().backward()
+    _, slope = gaussian_log_ratio(x.detach(), sigma, mu, 0.5, theta0, 0.8)
+    torch.testing.assert_close(x.grad * n, -slope)  # -grad_x d = grad log q_sigma - grad log p_sigma
+    assert theta.grad.item() == pytest.approx((theta0 - mu) / (0.5 ** 2 + sigma ** 2), rel=0.02)
+
+
+def test_loss_js_form_is_the_gan_loss_at_each_noise_level():
+    logits = [torch.randn(6, 1) * 3]
+    torch.testing.assert_close(loss.DIVERGENCES['js'](logits), torch.nn.functional.softplus(-logits[0]).flatten())
+    torch.testing.assert_close(loss.DIVERGENCES['js'](logits), loss.g_loss(logits))
+    torch.testing.assert_close(loss.DIVERGENCES['rkl'](logits), -logits[0].flatten())
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # train.py: the loop, DDP, resume and faults
 
@@ -648,15 +751,7 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     D's lr and beta2 scaled by k = interval / (interval + 1); batch-mean losses; EMA with a half-life of ema kimg, at
     most ema_rampup x the images seen. Only the networks, the data order and the per-iteration seed are shared with
     train.py."""
-    dataset = data.ImageDataset(tiny['data'])
-    sampler = data.InfiniteSampler(len(dataset), seed)
-    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).requires_grad_(True)
-    G_ema = copy_module(G)
-    torch.manual_seed(seed)
-    D = disc.ResNetD(8, 3, 4, 8)
-    k = r1_interval / (r1_interval + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8)
+    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, seed)
     logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
     losses, nimg = [], 0
     for it in range(iterations):
@@ -680,23 +775,46 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         opt_D.step()
         line = dict(loss_G=loss_G.item(), loss_D=loss_D.item())
         if it > 0 and it % r1_interval == 0:
-            real = x.clone().requires_grad_(True)
-            (grad,) = torch.autograd.grad(logits(real, c).sum(), real, create_graph=True)
-            loss_R1 = r1_interval * r1_gamma / 2 * grad.square().sum([1, 2, 3]).mean()
-            opt_D.zero_grad()
-            loss_R1.backward()
-            for param in D.parameters():  # an exact zero for what R1 does not reach (Adam still counts the step)
-                param.grad = torch.zeros_like(param) if param.grad is None else param.grad
-            opt_D.step()
-            line['loss_R1'] = loss_R1.item()
-        half_life = min(ema * 1000, ema_rampup * nimg)
-        beta = 0.5 ** (batch / half_life) if half_life > 0 else 0.0
-        with torch.no_grad():
-            for p_ema, param in zip(G_ema.parameters(), G.parameters()):
-                p_ema.copy_(beta * p_ema + (1 - beta) * param)
+            line['loss_R1'] = reference_r1(D, opt_D, lambda real: logits(real, c), x, r1_interval * r1_gamma / 2)
+        reference_ema(G_ema, G, ema, ema_rampup, nimg, batch)
         nimg += batch
         losses.append(line)
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
+
+
+def reference_setup(tiny, D_class, lr, dlr, r1_interval, seed):
+    """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed, Adam
+    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1."""
+    dataset = data.ImageDataset(tiny['data'])
+    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).requires_grad_(True)
+    torch.manual_seed(seed)
+    D = D_class(8, 3, 4, 8)
+    k = r1_interval / (r1_interval + 1)
+    return (dataset, data.InfiniteSampler(len(dataset), seed), G, copy_module(G), D,
+            torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8),
+            torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8))
+
+
+def reference_r1(D, opt_D, logit, real, weight):
+    """A lazy R1 step of the written-out references: weight x ||grad_x sum logit||^2, batch mean."""
+    real = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(logit(real).sum(), real, create_graph=True)
+    loss_R1 = weight * grad.square().sum([1, 2, 3]).mean()
+    opt_D.zero_grad()
+    loss_R1.backward()
+    for param in D.parameters():  # an exact zero for what R1 does not reach (Adam still counts the step)
+        param.grad = torch.zeros_like(param) if param.grad is None else param.grad
+    opt_D.step()
+    return loss_R1.item()
+
+
+def reference_ema(G_ema, G, ema, ema_rampup, nimg, batch):
+    """EMA with a half-life of ema kimg, at most ema_rampup x the images seen before this batch."""
+    half_life = min(ema * 1000, ema_rampup * nimg)
+    beta = 0.5 ** (batch / half_life) if half_life > 0 else 0.0
+    with torch.no_grad():
+        for p_ema, param in zip(G_ema.parameters(), G.parameters()):
+            p_ema.copy_(beta * p_ema + (1 - beta) * param)
 
 
 def copy_module(module):
@@ -720,6 +838,88 @@ def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path):
     for mine, theirs in zip(logged, ref_losses):
         for k, v in theirs.items():
             assert mine[k] == pytest.approx(v, rel=1e-5), (k, mine['it'])
+
+
+def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_interval, lr=1e-4, dlr=2e-3, batch=8,
+                        sigma_mean=-1.2, sigma_std=1.2, ema=500, ema_rampup=0.05, seed=0):
+    """--loss diffratio written out as one plain loop: per iteration a G step through x_sigma = G(z) + sigma n against
+    the frozen ratio D (reverse KL: -d; JS: softplus(-d)), d_steps logistic D steps on noised reals vs noised fakes of
+    the updated G (sigma drawn per set), lazy R1 on noised reals; ln sigma ~ N(sigma_mean, sigma_std^2). Shares with
+    train.py the networks, the data order, the per-iteration seed and the order of the draws."""
+    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.RatioD, lr, dlr, r1_interval, seed)
+    softplus = torch.nn.functional.softplus
+    logit = lambda images, c, sigma: D(images, c, sigma.flatten())[0].flatten()
+    losses, nimg = [], 0
+    for it in range(iterations):
+        torch.manual_seed(int(np.random.SeedSequence([seed, it]).generate_state(1)[0]))
+        x, c = dataset.batch(sampler.indices(nimg, batch))
+        x, c = torch.from_numpy(x).float() / 127.5 - 1, torch.from_numpy(c)
+        noised = lambda: ((torch.randn(batch, 1, 1, 1) * sigma_std + sigma_mean).exp(), torch.randn(x.shape))
+        z_g, z_d = torch.randn(x.shape), torch.randn(x.shape)
+        sigma, noise = noised()
+        D.requires_grad_(False)
+        d = logit(G(z_g, c) + sigma * noise, c, sigma)
+        loss_G = (-d if divergence == 'rkl' else softplus(-d)).mean()
+        opt_G.zero_grad()
+        loss_G.backward()
+        opt_G.step()
+        D.requires_grad_(True)
+        d_losses = []
+        for j in range(d_steps):
+            z = z_d if j == 0 else torch.randn(x.shape)
+            (sigma_r, noise_r), (sigma_f, noise_f) = noised(), noised()
+            with torch.no_grad():
+                fake = G(z, c)
+            loss_D = (softplus(logit(fake + sigma_f * noise_f, c, sigma_f)) +
+                      softplus(-logit(x + sigma_r * noise_r, c, sigma_r))).mean()
+            opt_D.zero_grad()
+            loss_D.backward()
+            opt_D.step()
+            d_losses.append(loss_D.item())
+        line = dict(loss_G=loss_G.item(), loss_D=sum(d_losses) / d_steps)
+        if it > 0 and it % r1_interval == 0:
+            sigma, noise = noised()
+            line['loss_R1'] = reference_r1(D, opt_D, lambda real: logit(real, c, sigma), x + sigma * noise,
+                                           r1_interval * r1_gamma / 2)
+        reference_ema(G_ema, G, ema, ema_rampup, nimg, batch)
+        nimg += batch
+        losses.append(line)
+    return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
+
+
+@pytest.mark.parametrize('divergence', ['rkl', 'js'])
+def test_train_diffratio_equals_the_objective_written_out(tiny, tmp_path, divergence):
+    """10 iterations of --loss diffratio (2 D steps per G step, R1 at iterations 4 and 8) against
+    reference_diffratio: networks, EMA and every logged loss. The D saved beside each snapshot loads as the trained D."""
+    state = run_train(tiny, tmp_path / 'run', '--loss', 'diffratio', '--divergence', divergence, '--d-steps', '2',
+                      '--r1-gamma', '0.5', '--r1-interval', '4', '--kimg', '0.080', '--tick', '0.008')
+    ref, ref_losses = reference_diffratio(tiny, 10, divergence, 2, 0.5, 4)
+    for key in ('G', 'G_ema', 'D'):
+        for k, v in ref[key].items():
+            torch.testing.assert_close(state[key][k], v, rtol=1e-5, atol=1e-6, msg=f'{key}.{k}')
+    logged = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+    assert [sorted(l) for l in ref_losses] == [sorted(k for k in l if k.startswith('loss')) for l in logged]
+    for mine, theirs in zip(logged, ref_losses):
+        assert all(mine[k] == pytest.approx(v, rel=1e-5) for k, v in theirs.items()), mine['it']
+    saved = disc.load_d(str(tmp_path / 'run' / 'disc-snapshot-000000080.pt'))
+    assert isinstance(saved, disc.RatioD) and all(torch.equal(v, state['D'][k]) for k, v in saved.state_dict().items())
+
+
+def test_train_diffratio_resume_freeze_and_refusals(tiny, tmp_path):
+    """--loss diffratio with D2O-F freezing across an R1 step: split and resumed equals uninterrupted bit for bit,
+    frozen tensors keep their bits; a D kind the loss cannot take, and --reinit with --init random, are one line."""
+    flags = ('--loss', 'diffratio', '--freeze', '1', '--r1-interval', '4')
+    full = run_train(tiny, tmp_path / 'full', *flags, '--kimg', '0.048')
+    run_train(tiny, tmp_path / 'split', *flags, '--kimg', '0.024')
+    split = run_train(tiny, tmp_path / 'split', *flags, '--kimg', '0.048')
+    assert_states_equal(full, split)
+    init = unet.generator_net(ckpt.load_edm(tiny['ckpt'])).state_dict()
+    assert all(torch.equal(full['G'][k], init[k]) for k in full['G'] if freeze.is_frozen(k, 1))
+    for extra, message in [(('--disc', 'resnet'), '--loss diffratio takes --disc ratio, not resnet'),
+                           (('--init', 'random', '--reinit', 'io'), '--reinit re-initialises part of a teacher')]:
+        with pytest.raises(SystemExit) as e:
+            run_train(tiny, tmp_path / 'refused', '--loss', 'diffratio', *extra)
+        assert message in str(e.value.code) and len(str(e.value.code).splitlines()) == 1
 
 
 def test_train_bf16_runs_g_and_d_in_reduced_precision(tiny, tmp_path, monkeypatch):
@@ -920,6 +1120,19 @@ def test_train_torchrun_two_ranks_past_r1_and_resume(tiny, tmp_path):
             torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
     for mine, theirs in zip(lines, (json.loads(l) for l in open(tmp_path / 'one' / 'metrics.jsonl'))):
         assert all(mine[k] == pytest.approx(theirs[k], rel=1e-4) for k in theirs if k.startswith('loss'))
+
+
+def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
+    """--loss diffratio on 2 ranks (gloo) with 2 D steps, past an R1 step: every rank exits 0, the ranks agree at each
+    snapshot, and the result equals one process on the same global batch (noise levels drawn for the global batch)."""
+    flags = ('--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2', '--kimg', '0.032')
+    two = torchrun_train(tiny, tmp_path / 'two', *flags)
+    assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
+    one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
+    a = newest_state(tmp_path / 'two')
+    for key in ('G', 'G_ema', 'D'):
+        for k in one[key]:
+            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
 
 
 def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, tmp_path):
@@ -1141,6 +1354,42 @@ def test_sample_seed_independent_of_batch(edm_fixture):
         assert (sample.quantize(seven).int() - sample.quantize(one).int()).abs().max() <= 1
     assert sample.parse_seeds('0-3,7,9-10') == [0, 1, 2, 3, 7, 9, 10]
     assert [len(b) for b in sample.rank_batches(list(range(10)), 3, 0, 2)] == [3, 2]
+
+
+def test_sample_best_of_n_keeps_the_highest_ratio(tiny, tmp_path):
+    """Best-of-N: N = 1 is plain sampling; the images do not depend on how seeds are batched; each kept image is the
+    candidate (seed's own sample, or that of derived_seed(seed, k) with the seed's class) with the highest mean ratio
+    logit over BestOfN.SIGMAS, recomputed here seed by seed; the ResNet D scores clean images. Without a saved D the
+    CLI stops with one line."""
+    torch.manual_seed(0)
+    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).eval()
+    plain = sample.Sampler(G, 'generator')
+    ratio = disc.RatioD(8, 3, 4, 8).eval()
+    seeds = [0, 1, 2, 3, 4, 5]
+    torch.testing.assert_close(sample.BestOfN(plain, ratio, 1)(seeds, 'cpu')[0], plain(seeds, 'cpu')[0], rtol=0, atol=0)
+    best = sample.BestOfN(plain, ratio, 3)
+    x, labels = best(seeds, 'cpu')
+    torch.testing.assert_close(torch.cat([best([3, 4], 'cpu')[0], best([0, 1, 2, 5], 'cpu')[0]]), x[[3, 4, 0, 1, 2, 5]])
+    chosen = []
+    for i, seed in enumerate(seeds):
+        label = labels[i:i + 1]
+        candidates = [plain([seed], 'cpu')[0]] + [plain([sample.derived_seed(seed, k)], 'cpu', labels=label)[0] for k in (1, 2)]
+        noise = torch.randn([3, 3, 8, 8], generator=torch.Generator().manual_seed(sample.derived_seed(seed, 0)))
+        with torch.no_grad():
+            scores = [np.mean([ratio(c + s * noise[j], label, torch.tensor([s]))[0].item()
+                               for j, s in enumerate(sample.BestOfN.SIGMAS)]) for c in candidates]
+        chosen.append(int(np.argmax(scores)))
+        torch.testing.assert_close(x[i:i + 1], candidates[chosen[-1]])
+    assert len(set(chosen)) > 1  # the D does choose
+    resnet = disc.ResNetD(8, 3, 4, 8).eval()
+    x, labels = sample.BestOfN(plain, resnet, 4)([7], 'cpu')
+    candidates = torch.cat([plain([7], 'cpu')[0]] + [plain([sample.derived_seed(7, k)], 'cpu', labels=labels)[0] for k in (1, 2, 3)])
+    with torch.no_grad():
+        torch.testing.assert_close(x, candidates[resnet(candidates, labels.expand(4, -1))[0].flatten().argmax()][None])
+    ckpt.save_checkpoint(str(tmp_path / 'network-snapshot-000000000.pt'), G, kind='generator')
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(tmp_path / 'network-snapshot-000000000.pt'),
+                        '--best-of', '2'], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode and len(r.stderr.strip().splitlines()) == 1 and 'disc-snapshot-000000000.pt not found' in r.stderr
 
 
 def test_sample_quantize_like_edm():
@@ -1771,17 +2020,18 @@ def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
     toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '16',
-                    '--ref-num', '32', '--jobs', '2'])
+                    '--ref-num', '32', '--jobs', '2', '--fid-every', '0'])
     printed = capsys.readouterr().out
     # Progress of the long steps, as plain lines (stdout is not a terminal here): training and each sampled row.
-    assert 'GAN runs: 96 images ...' in printed and printed.count('GAN runs: 96 images in ') == 1
+    assert 'GAN runs: 256 images ...' in printed and printed.count('GAN runs: 256 images in ') == 1  # 8 runs
     assert 'sampling teacher, Heun 18 steps: 16 images in ' in printed
     out = tmp_path / 'results' / 'toy'
     rows = [l.split(' | ') for l in open(out / 'table.md').read().splitlines() if l.startswith('| ') and '---' not in l][1:]
     names = [row[0].strip('| ') for row in rows]
-    assert len(rows) == 11 and names[0].startswith('real images') and 'frozen' in names[4]
+    assert len(rows) == 18 and names[0].startswith('real images') and 'frozen' in names[4]
     nfe = {name: row[1] for name, row in zip(names, rows)}
     assert nfe['teacher, Heun 18 steps'] == '35' and nfe['teacher, Heun 2 steps'] == '3' and nfe['D2O, one step'] == '1'
+    assert nfe['DiffRatio (JS), one step'] == '1' and nfe['D2O, best of 4 by its D'] == '4'
     fid_to_data = {name: float(row[2]) for name, row in zip(names, rows)}
     assert fid_to_data[names[0]] < fid_to_data['teacher, raw one-step D(80z; 80)']  # held-out real images vs mean-colour noise
     assert rows[3][3] == '' and all(float(row[3]) > 0 for i, row in enumerate(rows) if i != 3)  # FID to D2O, not of D2O itself
@@ -1789,3 +2039,6 @@ def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     assert spec[0] == 'radius,real,raw one-step,D2O,Heun 18' and len(spec) == 1 + 9
     assert all((out / f'grid-{slug}.png').exists() for slug in ['real', 'heun-18', 'raw', 'd2o', 'd2o-f', 'random', 'heun-2'])
     assert ckpt.read_checkpoint(str(out / 'random' / 'network-snapshot-000000000.pt'))[1]['trained_from'].startswith('random')
+    assert ckpt.read_checkpoint(str(out / 'diffratio-reinit-io' / 'network-snapshot-000000000.pt'))[1]['trained_from'] == \
+        os.path.join(HERE, 'assets', 'toy-edm.pt') + ' with --reinit io'
+    assert isinstance(disc.load_d(str(out / 'diffratio-js' / 'disc-snapshot-000000032.pt')), disc.RatioD)

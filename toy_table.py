@@ -2,16 +2,21 @@
 
     python toy_table.py                         # trains what is missing (resumable), samples, measures, writes the table
     python toy_table.py --kimg 40 --num 500     # the GAN budget per run, and the images per FID
-    python toy_table.py --jobs 3                # the three GAN runs at once (default: one per CPU core)
+    python toy_table.py --jobs 3                # three GAN runs at once (default: one per CPU core)
+    python toy_table.py --kimg 10 --runs d2o,diffratio-rkl,diffratio-js --out results/toy-10kimg   # some of the runs
 
 Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of --num samples against the statistics
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
   --num real images held out of the reference set (the FID floor at this N);
   teacher, Heun 18 steps (35 NFE); teacher raw one-step output D(80z; 80);
   D2O; D2O-F (frozen %); the same GAN from random initialisation;
+  DiffRatio (arXiv 2502.08005, our reconstruction) with the reverse-KL and the JS surrogate; DiffRatio from random
+  init and from the teacher with its input/output layers or its inner blocks re-initialised (the paper's
+  features-not-mapping study); D2O and DiffRatio best of 4, each scored by its own D (sample.BestOfN);
   teacher-vs-student: FID between D2O's samples and the teacher's at 2, 4, 6, 8, 10 Heun steps, beside each one's FID
-  to the data; radially averaged power spectra of real images, the raw one-step output and D2O (CSV + PNG).
-Outputs go to --out (table.md, grids, spectrum.csv/png, the runs).
+  to the data; radially averaged power spectra of real images, the raw one-step output and D2O (CSV + PNG);
+  FID against kimg of D2O and both DiffRatio forms, evaluated every --fid-every kimg in the runs (fid-curve.csv/png).
+Outputs go to --out (table.md, grids, spectrum.csv/png, fid-curve.csv/png, the runs).
 """
 
 import json
@@ -24,6 +29,7 @@ import torch
 
 import ckpt
 import data
+import disc
 import fid
 import freeze
 import sample
@@ -36,6 +42,18 @@ parser.add_argument('--num', type=ckpt.number(int, 0), default=500, help='genera
 parser.add_argument('--ref-num', type=ckpt.number(int, 0), default=1000, help='real images in the reference statistics')
 parser.add_argument('--out', default='results/toy', help='output folder')
 parser.add_argument('--jobs', type=ckpt.number(int, 0), default=os.cpu_count(), help='GAN runs trained at once')
+parser.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='seed of every GAN run')
+parser.add_argument('--runs', default=None, help='comma-separated GAN runs to train and tabulate (default: all of RUNS)')
+parser.add_argument('--fid-every', type=ckpt.number(float, 0, inclusive=True), default=5,
+                    help='kimg between the FIDs of the curves (0: no curves)')
+
+# The GAN runs: (key, train.py flags, with an FID curve?)
+RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('random', ['--init', 'random', '--arch', 'TEACHER'], False),
+        ('diffratio-rkl', ['--loss', 'diffratio', '--divergence', 'rkl'], True),
+        ('diffratio-js', ['--loss', 'diffratio', '--divergence', 'js'], True),
+        ('diffratio-random', ['--loss', 'diffratio', '--init', 'random', '--arch', 'TEACHER'], False),
+        ('diffratio-reinit-io', ['--loss', 'diffratio', '--reinit', 'io'], False),
+        ('diffratio-reinit-inner', ['--loss', 'diffratio', '--reinit', 'inner'], False)]
 
 
 def images_done(rundir):
@@ -51,7 +69,9 @@ def train_runs(args):
     """The three GAN runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
     one-thread runs side by side make more images per second in all than one run on two threads). Each resumes if
     interrupted. -> {key: (snapshot path, wall minutes)}"""
-    todo = [('d2o', []), ('d2o-f', ['--freeze', '1']), ('random', ['--init', 'random', '--arch', args.teacher])]
+    todo = [(key, [args.teacher if flag == 'TEACHER' else flag for flag in extra] +
+             (['--fid-every', str(args.fid_every), '--fid-num', str(args.num), '--fid-ref', str(args.ref_num)]
+              if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS if key in args.runs]
     running, runs = [], {}
     rundirs = [os.path.join(args.out, key) for key, _ in todo]
     progress, done = ckpt.Progress('GAN runs', len(todo) * round(args.kimg * 1000), every=60), 0
@@ -61,7 +81,7 @@ def train_runs(args):
             rundir = os.path.join(args.out, key)
             os.makedirs(rundir, exist_ok=True)
             cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', args.teacher,
-                   '--kimg', str(args.kimg), '--fid-num', '0', '--rundir', rundir, *extra]
+                   '--kimg', str(args.kimg), '--seed', str(args.seed), '--rundir', rundir, *extra]
             print(' '.join(cmd[1:]), f'> {rundir}/log.txt', flush=True)
             log = open(os.path.join(rundir, 'log.txt'), 'a')
             env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -77,12 +97,29 @@ def train_runs(args):
             if proc.returncode:
                 sys.exit(f'error: the {key} run failed; see {rundir}/log.txt (rerun to resume it)')
             snap = sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1]
-            runs[key] = (os.path.join(rundir, snap), (time.time() - t) / 60)
+            runs[key] = (os.path.join(rundir, snap), (time.time() - t) / 60)  # its D: disc-snapshot-*.pt beside it
     return runs
+
+
+def write_fid_curves(out, keys):
+    """FID against kimg of the runs that evaluated it in the loop (their newest state's history) -> fid-curve.csv/png."""
+    curves = {}
+    for label, key in keys.items():
+        _, state = ckpt.newest_state(os.path.join(out, key), lambda *a, **k: None)
+        curves[label] = tuple(zip(*state['fid_history']))
+    with open(os.path.join(out, 'fid-curve.csv'), 'w') as f:
+        f.write('run,kimg,fid\n' + ''.join(f'{label},{k:g},{v:.2f}\n' for label, (kimgs, fids) in curves.items()
+                                          for k, v in zip(kimgs, fids)))
+    fid.plot_lines(curves, os.path.join(out, 'fid-curve.png'), 'kimg ->', 'FID')
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
+    unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
+    if unknown or 'd2o' not in args.runs:
+        parser.error(f'--runs {unknown[0]!r} is not a run' if unknown else '--runs must include d2o (every row is also '
+                     'measured against it)')
     os.makedirs(args.out, exist_ok=True)
     path = data.toy_path(16)
     if not os.path.exists(path):
@@ -95,11 +132,22 @@ def main(argv=None):
     teacher = ckpt.load_edm(args.teacher)
     frozen, total = freeze.freeze(unet.D2OGenerator(ckpt.load_edm(args.teacher)), 1, verbose=False)
     snapshot = lambda key: sample.load_sampler(runs[key][0])[0]
+    best_of_4 = lambda key: sample.BestOfN(snapshot(key), disc.load_d(runs[key][0].replace('network-', 'disc-')), 4)
+    run_rows = [('d2o', 'D2O, one step', 'd2o', snapshot),
+                ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', 'd2o-f', snapshot),
+                ('random', 'same GAN from random init, one step', 'random', snapshot),
+                ('diffratio-rkl', 'DiffRatio (reverse KL), one step', 'diffratio-rkl', snapshot),
+                ('diffratio-js', 'DiffRatio (JS), one step', 'diffratio-js', snapshot),
+                ('diffratio-random', 'DiffRatio (reverse KL) from random init', 'diffratio-random', snapshot),
+                ('diffratio-reinit-io', 'DiffRatio, teacher with input/output layers re-initialised',
+                 'diffratio-reinit-io', snapshot),
+                ('diffratio-reinit-inner', 'DiffRatio, teacher with inner blocks re-initialised', 'diffratio-reinit-inner',
+                 snapshot),
+                ('d2o-best4', 'D2O, best of 4 by its D', 'd2o', best_of_4),
+                ('diffratio-best4', 'DiffRatio (reverse KL), best of 4 by its ratio D', 'diffratio-rkl', best_of_4)]
     rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
-            ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw')),
-            ('d2o', 'D2O, one step', snapshot('d2o')),
-            ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', snapshot('d2o-f')),
-            ('random', 'same GAN from random init, one step', snapshot('random'))]
+            ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw'))]
+    rows += [(slug, name, make(key)) for slug, name, key, make in run_rows if key in runs]
     rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
 
     # Real images outside the reference subset: the FID floor at this N.
@@ -132,6 +180,9 @@ def main(argv=None):
     curves = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
               'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
     fid.write_spectra(curves, os.path.join(args.out, 'spectrum'))
+    curves = {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'}
+    if args.fid_every:
+        write_fid_curves(args.out, {label: key for label, key in curves.items() if key in runs})
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
     text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, FID of {args.num} samples vs {args.ref_num} real images.', '',
                       *table, '', 'High-frequency share of spectral power (radius >= R/4): '

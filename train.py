@@ -77,7 +77,14 @@ parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use 
 parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
 parser.add_argument('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
 parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
-parser.add_argument('--loss', default='d2o', choices=list(loss.LOSSES), help="d2o: GAN fine-tuning; edm: EDM's loss")
+parser.add_argument('--reinit', default=None, choices=sorted(freeze.REINIT), help='re-initialise part of the teacher: '
+                    'io (input/output layers) or inner (the rest)')
+parser.add_argument('--loss', default='d2o', choices=list(loss.LOSSES), help='d2o: GAN fine-tuning; diffratio: the '
+                    "density-ratio loss (our reconstruction); edm: EDM's loss")
+parser.add_argument('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or '
+                    'Jensen-Shannon (the GAN loss at each noise level)')
+parser.add_argument('--sigma-mean', type=float, default=-1.2, help='diffratio: ln sigma ~ N(mean, std^2) (EDM\'s law)')
+parser.add_argument('--sigma-std', type=POSITIVE, default=1.2, help='diffratio: std of ln sigma')
 # optimisation
 parser.add_argument('--batch', type=POSITIVE_INT, default=None, help='total batch over all GPUs')
 parser.add_argument('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated)')
@@ -87,10 +94,12 @@ parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate 
 parser.add_argument('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
 parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind)')
 parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
+parser.add_argument('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
 parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
-parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected'], help='projected: the official '
-                    'D on pretrained backbones; auto: projected when its weight files are found, else resnet')
+parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio'], help='projected: the '
+                    'official D on pretrained backbones; auto: projected when its files are found, else resnet; ratio: '
+                    'the noise-conditioned D of diffratio')
 parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone and '
                     'FID detector weights, comma-separated (also $D2O_WEIGHTS; default: the cache)')
 parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
@@ -109,9 +118,9 @@ parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real ima
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
 # batch_gpu, precision, compile, weights, rundir and resume belong to the session.
-FIXED = ('data', 'cond', 'init', 'arch', 'loss', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
-CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'ema', 'ema_rampup', 'tick', 'snap',
-              'fid_every', 'fid_num', 'fid_ref')
+FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
+CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
+              'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
 
 def resolve_flags(argv, world, device, log):
@@ -149,8 +158,10 @@ def resolve_flags(argv, world, device, log):
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
 
-def build_net(args, preset):
+def build_net(args, preset, log=print):
     """The network to train, as our EDM preconditioner, plus a note of where it came from."""
+    if args.reinit and args.init == 'random':
+        sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
     src = args.init if args.init != 'random' else args.arch or preset.get('arch') or preset.get('init')
     if src is None:
         sys.exit('error: --init random needs --arch (an official EDM name, "toy", or a checkpoint to copy)')
@@ -164,6 +175,9 @@ def build_net(args, preset):
             flag = '--init' if args.init != 'random' else '--arch'
             sys.exit(f'error: {flag} ' + (message if src in message else f'{src}: {message}'))
         if args.init != 'random':
+            if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
+                freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
+                return net.train().requires_grad_(True), f'{args.init} with --reinit {args.reinit}'
             return net.train().requires_grad_(True), args.init
         kwargs, cls = net.init_kwargs, type(net)
     torch.manual_seed(args.seed)  # identical on every rank (and DDP broadcasts rank 0's anyway)
@@ -174,13 +188,19 @@ def build_d(args, preset, dataset, log):
     """The discriminator and a description of it; --disc auto takes the projected D when its backbone files are
     found. Fills in the D kind's own --dlr and --r1-gamma unless given."""
     pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # official: VGG at 32x32, DeiT at 64x64
+    kinds = loss.LOSSES[args.loss][2]
+    if args.disc not in ('auto', *kinds):
+        sys.exit(f'error: --loss {args.loss} takes --disc {" or ".join(kinds)}, not {args.disc}')
+    if args.disc == 'auto' and kinds == ('ratio',):
+        args.disc = 'ratio'
+        log(f'--disc auto: ratio (the D of --loss {args.loss})')
     if args.disc == 'auto':
         missing = disc.missing_backbones(pair, args.weights)
         args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
         why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not given (--weights) nor in the cache; '
                f'fetch them with `python ckpt.py --download {" ".join(pair)}`' if missing else 'backbone files found')
         log(f'--disc auto: {args.disc} ({why})')
-    recipe = RESNET if args.disc == 'resnet' else dict(CUSTOM, **preset)  # the toy's projected D: CUSTOM's
+    recipe = RESNET if args.disc in ('resnet', 'ratio') else dict(CUSTOM, **preset)  # toy's projected D: CUSTOM's
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
     torch.manual_seed(args.seed)
@@ -188,6 +208,9 @@ def build_d(args, preset, dataset, log):
         if args.disc == 'projected':
             D = disc.ProjectedD(pair, dataset.label_dim, args.weights, args.seed)
             return D, f'ProjectedD on {" + ".join(pair)}'
+        if args.disc == 'ratio':
+            D = disc.RatioD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
+            return D, f'RatioD (noise-conditioned) width {args.dwidth}'
         D = disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
         return D, f'ResNetD width {args.dwidth}'
     except (RuntimeError, ValueError) as e:
@@ -304,6 +327,9 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     meta = dict(kind=run.kind, trained_from=run.source, data=args.data, kimg=nimg / 1000, freeze=args.freeze,
                 loss=args.loss, fid=fid_value, fid_num=args.fid_num)
     ckpt.save_checkpoint(os.path.join(args.rundir, f'network-snapshot-{nimg:09d}.pt'), run.G_ema, **meta)
+    if type(run.D).__name__ in disc.SAVED:  # sample.py --best-of's verifier (not the projected D's backbones)
+        d_path = os.path.join(args.rundir, f'disc-snapshot-{nimg:09d}.pt')
+        ckpt.save_checkpoint(d_path, run.D, **dict(meta, kind='disc'))
     if fid_value is not None and fid_value <= min(v for _, v in loop_fid.history):  # the official code picks by hand
         ckpt.save_checkpoint(os.path.join(args.rundir, 'network-best.pt'), run.G_ema, **meta)
     if line is not None:
@@ -373,7 +399,7 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         data.make_toy(path)
     if world > 1:
         torch.distributed.barrier()
-    net, source = build_net(args, preset)
+    net, source = build_net(args, preset, log)
     if args.cond is None:
         args.cond = int(net.label_dim > 0)
         log(f'--cond {args.cond}: the network has label_dim {net.label_dim}')
@@ -394,7 +420,9 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         options = dict(vars(args), world=world, source=run.source)
         ckpt.atomic_write(os.path.join(args.rundir, 'options.json'),
                           lambda f: f.write(json.dumps(options, indent=1).encode()))
-    log(f'{"D2O" + ("-F" if args.freeze == 1 else "") if run.D is not None else "EDM pretraining"} of {run.source} on '
+    method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')
+    method += {0: '', 1: ' with D2O-F freezing'}.get(args.freeze, f' with --freeze {args.freeze}')
+    log(f'{method} of {run.source} on '
         f'{path} ({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
     d_params = sum(param.numel() for param in run.d_params)
     d_desc = f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else ''
