@@ -955,6 +955,23 @@ def test_train_compiled_step_equals_eager(tiny, tmp_path):
             torch.testing.assert_close(compiled[key][k], v, rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
 
 
+def test_train_fid_every_measures_on_its_own_schedule(tiny, tmp_path, monkeypatch):
+    """--fid-every 0.016 with snapshots every 1 kimg: FID at 0, 16, 32 and 48 images (a snapshot is made for it), each
+    recorded in metrics.jsonl and the state's history; a stand-in LoopFID keeps the test free of the detector."""
+    class StandIn:
+        def __init__(self, *args, **kwargs):
+            self.history, self.off, self.ref_desc = [], None, 'stand-in'
+
+        def __call__(self, method, kimg):
+            self.history.append((kimg, 100 - kimg))
+            return 100 - kimg
+    monkeypatch.setattr(fid, 'LoopFID', StandIn)
+    state = run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.048', '--tick', '1')
+    assert [kimg for kimg, _ in state['fid_history']] == [0, 0.016, 0.032, 0.048]
+    lines = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+    assert [(l['kimg'], l['fid']) for l in lines] == [(0.016, 100 - 0.016), (0.032, 100 - 0.032), (0.048, 100 - 0.048)]
+
+
 def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
     state = run_train(tiny, tmp_path / 'f', '--freeze', '1', '--kimg', '0.048')
     init = unet.generator_net(ckpt.load_edm(tiny['ckpt'])).state_dict()

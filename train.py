@@ -459,9 +459,10 @@ def train(run, dataset, loop_fid, kept, log):
         run.it += 1
 
         done = run.nimg >= args.kimg * 1000
-        if done or crossed(run, args.snap) or run.nimg - tick_nimg >= args.tick * 1000:
+        snap = done or crossed(run, args.snap) or bool(loop_fid and args.fid_every and crossed(run, args.fid_every))
+        if snap or run.nimg - tick_nimg >= args.tick * 1000:
             line = status(run, stats, tick_nimg, tick_start, t_start, log)
-            if done or crossed(run, args.snap):
+            if snap:  # FID is measured at snapshots, so --fid-every makes one
                 snapshot(run, loop_fid, kept, log, line, final=done)
             elif run.rank == 0:
                 write_metrics(args.rundir, line)
