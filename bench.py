@@ -82,7 +82,7 @@ def sampling_rows(net, batch):
     rows = [('one-step img/s / Heun-18 img/s', f'{heun / one:.1f} ({batch / one:.1f} vs {batch / heun:.2f} img/s)')]
     bundled = fid.bundled_detector()
     if bundled:
-        det = fid.load_detector(bundled)
+        det = fid.load_detector(f'inception={bundled}')
         ts = torch.jit.load(bundled).eval()
         x = torch.randint(0, 256, (batch, 3, net.img_resolution, net.img_resolution), dtype=torch.uint8)
         with torch.no_grad():

