@@ -44,7 +44,8 @@ import train
 import unet
 
 parser = argparse.ArgumentParser(description='Benchmark the D2O loop.')
-parser.add_argument('--arch', default='toy', help='"toy" or an official EDM name (architecture only)')
+parser.add_argument('--arch', default='toy', choices=list(unet.ARCHS), help='"toy" or an official EDM name '
+                    '(architecture only)')
 parser.add_argument('--batch', type=int, default=32, help='batch')
 parser.add_argument('--iters', type=int, default=16, help='timed iterations per loop run')
 parser.add_argument('--dwidth', type=int, default=64, help='ResNet D width')
@@ -120,7 +121,7 @@ def preset_flops(name, batch=2, r1_interval=16):
     net = unet.generator_net(unet.build_edm(preset['init']))
     G = unet.D2OGenerator(net).train().requires_grad_(True)
     R, L = net.img_resolution, net.label_dim
-    D = disc.ProjectedD(disc.PAIRS['cifar' if R <= 32 else 'deit'], L, pretrained=False)
+    D = disc.ProjectedD(disc.backbones_for(R), L, pretrained=False)
     z, x = torch.randn(batch, 3, R, R), torch.rand(batch, 3, R, R) * 2 - 1
     c = torch.eye(L)[torch.arange(batch) % L] if L else None
     heads = [q for q in D.parameters() if q.requires_grad]
@@ -161,7 +162,7 @@ def main():
     args = parser.parse_args()
     if args.flops:
         return flops_table(args.mfu)
-    kwargs = train.ARCHS.get(args.arch) or unet.OFFICIAL[args.arch]
+    kwargs = unet.ARCHS[args.arch]
     torch.manual_seed(0)
     net = unet.EDMPrecond(**dict(kwargs, augment_dim=0, dropout=0.0))
     R, L = net.img_resolution, net.label_dim

@@ -18,7 +18,8 @@ Public names:
                                          $D2O_WEIGHTS (folders, files, NAME=FILE) or the cache, else downloaded;
                                          offline, one error names every missing file
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
-    newest_state(rundir, log), save_state(...), trim_metrics(path, nimg)     train.py's run directory
+    resume_point, save_state, open_rundir, append_metrics, state_dicts, load_state_dicts   train.py's run
+                                         directory: states, status lines, options
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
     typed_flags, resume_flags            which flags were typed; a resumed run keeps its own flags
 
@@ -555,6 +556,16 @@ def newest_state(rundir, log):
     return None, None
 
 
+def resume_point(rundir, resume, log):
+    """(path, state) that --resume names: "auto" the newest good state in rundir ((None, None) if none), else a file."""
+    if os.path.exists(rundir) and not os.path.isdir(rundir):
+        sys.exit(f'error: --rundir {rundir} is a file, not a directory; give a directory for the run')
+    try:
+        return newest_state(rundir, log) if resume == 'auto' else (resume, read_state(resume))
+    except (OSError, ValueError, pickle.UnpicklingError) as e:
+        sys.exit(f'error: --resume {e}')
+
+
 def save_state(state, rundir, kept):
     """Write the state, then delete every state but it and the one before (kept: newest last, updated here)."""
     kept.append(state_file(rundir, state['nimg']))
@@ -565,21 +576,41 @@ def save_state(state, rundir, kept):
             os.remove(old)
 
 
-def trim_metrics(path, nimg):
-    """Keep the status lines up to the resumed state: a killed run may have written lines after its last state, or
-    half a line."""
-    if not os.path.isfile(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                if round(json.loads(line)['kimg'] * 1000) > nimg:
+def open_rundir(rundir, nimg, options):
+    """Before a run writes: remove what killed writes left (*.tmp), keep the status lines up to the resumed state (a
+    killed run may have written lines after its last state, or half a line), and record the options."""
+    os.makedirs(rundir, exist_ok=True)
+    for tmp in glob.glob(os.path.join(rundir, '*.tmp')):
+        os.remove(tmp)
+    path, keep = os.path.join(rundir, 'metrics.jsonl'), []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if round(json.loads(line)['kimg'] * 1000) > nimg:
+                        break
+                except (ValueError, KeyError, TypeError):
                     break
-            except (ValueError, KeyError, TypeError):
-                break
-            keep.append(line)
-    atomic_write(path, lambda f: f.write(''.join(keep).encode()))
+                keep.append(line)
+        atomic_write(path, lambda f: f.write(''.join(keep).encode()))
+    atomic_write(os.path.join(rundir, 'options.json'), lambda f: f.write(json.dumps(options, indent=1).encode()))
+
+
+def append_metrics(rundir, line):
+    with open(os.path.join(rundir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps(line) + '\n')
+
+
+def state_dicts(objects, **values):
+    """A training state: the state_dict() of each named object (networks, optimizers, scalers) plus plain values."""
+    return dict({name: obj.state_dict() for name, obj in objects.items()}, **values)
+
+
+def load_state_dicts(objects, state):
+    """The inverse of state_dicts for the objects; an empty saved dict (a disabled GradScaler's) is skipped."""
+    for name, obj in objects.items():
+        if state.get(name):
+            obj.load_state_dict(state[name])
 
 
 def file_report(path):

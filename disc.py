@@ -151,6 +151,16 @@ class RatioD(torch.nn.Module):
 SAVED = {'ResNetD': ResNetD, 'RatioD': RatioD}  # the D classes train.py saves beside its snapshots
 
 
+def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0):
+    """train.py's D by its --disc name (projected, resnet or ratio), seeded, and a description of it."""
+    torch.manual_seed(seed)
+    if kind == 'projected':
+        pair = backbones_for(resolution)
+        return ProjectedD(pair, label_dim, weights, seed), f'ProjectedD on {" + ".join(pair)}'
+    D = dict(resnet=ResNetD, ratio=RatioD)[kind](resolution, channels, label_dim, width)
+    return D, f'{type(D).__name__} width {width}' + (' (noise-conditioned)' if kind == 'ratio' else '')
+
+
 def load_d(path):
     """A D that train.py saved beside its G snapshots (disc-snapshot-*.pt: the ResNet D or the ratio D), in eval
     mode: the verifier of sample.py --best-of."""
@@ -324,6 +334,10 @@ BACKBONES = {  # name -> (network, input mean, input std); the weight files' URL
 PAIRS = {'cifar': ('vgg16_bn', 'efficientnet_lite0'), 'deit': ('deit_base_distilled', 'efficientnet_lite0')}
 
 
+def backbones_for(resolution):
+    return PAIRS['cifar' if resolution <= 32 else 'deit']  # as the official code: VGG at 32x32, DeiT at 64x64
+
+
 def load_backbone(name, path):
     """The feature network `name` with the weights of the file at path; a damaged or wrong file is named in the error,
     with what was expected and what was found."""
@@ -353,6 +367,19 @@ def load_backbone(name, path):
 def missing_backbones(names, weights=None):
     """The published file names of the named backbones that are neither given (--weights, $D2O_WEIGHTS) nor cached."""
     return [os.path.basename(ckpt.WEIGHTS[n]) for n in names if ckpt.find_weights(n, weights) is None]
+
+
+def choose(kinds, preferred, resolution, weights=None):
+    """train.py's --disc auto -> (kind, why): the loss's only D kind, else the preset's, else the projected D when its
+    backbone files are found (--weights, $D2O_WEIGHTS, the cache), else the ResNet D."""
+    if len(kinds) == 1:
+        return kinds[0], 'the D of this --loss'
+    if preferred:
+        return preferred, 'the preset'
+    pair = backbones_for(resolution)
+    missing = missing_backbones(pair, weights)
+    return ('resnet', f'{", ".join(missing)} not given (--weights) nor in the cache; fetch them with `python ckpt.py '
+            f'--download {" ".join(pair)}`') if missing else ('projected', 'backbone files found')
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projected discriminator.

@@ -390,8 +390,9 @@ def dataset_stats(path, dataset, detector, device, rank=0, world=1, num=2000, se
 class LoopFID:
     """FID during training (train.py): `num` generated images vs the statistics of `ref_num` images of the training
     set. Without a detector it is off and says why; `history` holds (kimg, FID)."""
-    def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print, weights=None):
-        self.history, self.num, self.device, self.rank, self.world = [], num, device, rank, world
+    def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print, weights=None, history=None):
+        self.history = [tuple(kv) for kv in history or []]  # a resumed run's (kimg, FID) so far
+        self.num, self.device, self.rank, self.world = num, device, rank, world
         try:
             self.detector, self.off = load_detector(weights, device), None
         except (RuntimeError, ValueError) as e:  # no usable detector file: train without FID
@@ -410,6 +411,16 @@ class LoopFID:
         value = frechet_distance(*image_stats(images, self.detector, self.device, self.world, progress), self.ref_mu, self.ref_sigma)
         self.history.append((kimg, value))
         return value
+
+    def summary(self, first_what):
+        """The closing line: FID before (first_what: what the first value measured) and after, and the best."""
+        if self.off or not self.history:
+            return f'FID skipped: {self.off}' if self.off else None
+        (first_kimg, first), (last_kimg, last) = self.history[0], self.history[-1]
+        best_kimg, best = min(self.history, key=lambda kv: kv[1])
+        what = first_what if first_kimg == 0 else 'the network'
+        return (f'FID of {self.num} generated images vs {self.ref_desc}: before ({first_kimg:g} kimg, {what}) '
+                f'{first:.2f}; after ({last_kimg:g} kimg) {last:.2f}; best {best:.2f} at {best_kimg:g} kimg')
 
 # ----------------------------------------------------------------------------------------------------------------
 # Frequency analysis: radially averaged power spectra (the D2O paper's frequency argument).

@@ -958,9 +958,9 @@ def test_train_compiled_step_equals_eager(tiny, tmp_path):
 def test_train_fid_every_measures_on_its_own_schedule(tiny, tmp_path, monkeypatch):
     """--fid-every 0.016 with snapshots every 1 kimg: FID at 0, 16, 32 and 48 images (a snapshot is made for it), each
     recorded in metrics.jsonl and the state's history; a stand-in LoopFID keeps the test free of the detector."""
-    class StandIn:
+    class StandIn(fid.LoopFID):
         def __init__(self, *args, **kwargs):
-            self.history, self.off, self.ref_desc = [], None, 'stand-in'
+            self.history, self.off, self.ref_desc, self.num = [], None, 'stand-in', 8
 
         def __call__(self, method, kimg):
             self.history.append((kimg, 100 - kimg))

@@ -16,7 +16,6 @@ running the same command again continues exactly from the newest good state.
 
 import contextlib
 import copy
-import glob
 import json
 import os
 import pickle
@@ -56,11 +55,6 @@ PRESETS = {
                 lr=1e-4, batch=16, kimg=12, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
-# Architectures for --init random when the init source is not a file (the toy teacher's).
-ARCHS = {'toy': dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32,
-                     channel_mult=[1, 2, 2], num_blocks=2, attn_resolutions=[8], dropout=0.0,
-                     embedding_type='positional', encoder_type='standard', decoder_type='standard',
-                     channel_mult_noise=1, resample_filter=[1, 1])}
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
 # The ResNet D's own defaults: its equalized-lr layers train at StyleGAN2's lr scale, and its R1 weight is the toy's.
 RESNET = dict(dlr=2e-3, r1_gamma=0.1)
@@ -72,49 +66,45 @@ POSITIVE, POSITIVE_INT = ckpt.number(float, 0), ckpt.number(int, 0)
 NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, inclusive=True)
 parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
                      allow_abbrev=False)
-parser.add_argument('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
-parser.add_argument('--cond', type=int, default=None, choices=[0, 1], help='use labels (default: if the net has them)')
-parser.add_argument('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
-parser.add_argument('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
-parser.add_argument('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
-parser.add_argument('--reinit', default=None, choices=sorted(freeze.REINIT), help='re-initialise part of the teacher: '
-                    'io (input/output layers) or inner (the rest)')
-parser.add_argument('--loss', default='d2o', choices=list(loss.LOSSES), help='d2o: GAN fine-tuning; diffratio: the '
-                    "density-ratio loss (our reconstruction); edm: EDM's loss")
-parser.add_argument('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or '
-                    'Jensen-Shannon (the GAN loss at each noise level)')
-parser.add_argument('--sigma-mean', type=float, default=-1.2, help='diffratio: ln sigma ~ N(mean, std^2) (EDM\'s law)')
-parser.add_argument('--sigma-std', type=POSITIVE, default=1.2, help='diffratio: std of ln sigma')
+flag = parser.add_argument
+flag('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
+flag('--cond', type=int, default=None, choices=[0, 1], help='use labels (default: if the net has them)')
+flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
+flag('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
+flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
+flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
+flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
+flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
+flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
+flag('--sigma-std', type=POSITIVE, default=1.2, help='diffratio: std of ln sigma')
 # optimisation
-parser.add_argument('--batch', type=POSITIVE_INT, default=None, help='total batch over all GPUs')
-parser.add_argument('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated)')
-parser.add_argument('--kimg', type=POSITIVE, default=None, help='length in thousands of images (raise to extend)')
-parser.add_argument('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
-parser.add_argument('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
-parser.add_argument('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
-parser.add_argument('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind)')
-parser.add_argument('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
-parser.add_argument('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
-parser.add_argument('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
-parser.add_argument('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
-parser.add_argument('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio'], help='projected: the '
-                    'official D on pretrained backbones; auto: projected when its files are found, else resnet; ratio: '
-                    'the noise-conditioned D of diffratio')
-parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone and '
-                    'FID detector weights, comma-separated (also $D2O_WEIGHTS; default: the cache)')
-parser.add_argument('--dwidth', type=POSITIVE_INT, default=None, help='ResNet D channels at full resolution')
-parser.add_argument('--precision', default=None, choices=['bf16', 'fp16', 'fp32'],
-                    help='G and D compute, losses in fp32 (default: CUDA bf16, CPU fp32)')
-parser.add_argument('--compile', action='store_true', help="torch.compile G's and D's forward (not R1's)")
-parser.add_argument('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
+flag('--batch', type=POSITIVE_INT, default=None, help='total batch over all GPUs')
+flag('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated)')
+flag('--kimg', type=POSITIVE, default=None, help='length in thousands of images (raise to extend)')
+flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
+flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
+flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
+flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind)')
+flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
+flag('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
+flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
+flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
+flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio'], help='projected: the official D on '
+     'pretrained backbones; auto: projected if its files are found, else resnet; ratio: the D of diffratio')
+flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files of the backbone and FID detector '
+     'weights, comma-separated (also $D2O_WEIGHTS)')
+flag('--dwidth', type=POSITIVE_INT, default=None, help='ResNet / ratio D channels at full resolution')
+flag('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute (default GPU bf16, CPU fp32)')
+flag('--compile', action='store_true', help="torch.compile G's and D's forward (not R1's)")
+flag('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
 # logging and checkpoints
-parser.add_argument('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
-parser.add_argument('--resume', default='auto', help='"auto": the newest good state in the run directory, or a state')
-parser.add_argument('--tick', type=POSITIVE, default=None, help='status line every this many kimg')
-parser.add_argument('--snap', type=POSITIVE, default=None, help='snapshot, grid and state every this many kimg')
-parser.add_argument('--fid-every', type=NONNEG, default=0, help='FID every this many kimg (0: only at start and end)')
-parser.add_argument('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID)')
-parser.add_argument('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
+flag('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
+flag('--resume', default='auto', help='"auto": the newest good state in the run directory, or a state file')
+flag('--tick', type=POSITIVE, default=None, help='status line every this many kimg')
+flag('--snap', type=POSITIVE, default=None, help='snapshot, grid and state every this many kimg')
+flag('--fid-every', type=NONNEG, default=0, help='FID every this many kimg (0: only at start and end)')
+flag('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID)')
+flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
 # batch_gpu, precision, compile, weights, rundir and resume belong to the session.
@@ -127,26 +117,17 @@ def resolve_flags(argv, world, device, log):
     """The flags (the preset's defaults, or a resumed run's own values plus what is typed now), the preset and the
     newest good state. Reads files only: every refusal comes before anything in the run directory changes."""
     args, typed = ckpt.typed_flags(parser, argv)
-    name = f'{os.path.splitext(os.path.basename(args.data))[0]}-{args.loss}'
-    name += (f'-f{args.freeze}' if args.freeze else '') + ('-random' if args.init == 'random' else '')
-    args.rundir = args.rundir or os.path.join('runs', name)
-    if os.path.exists(args.rundir) and not os.path.isdir(args.rundir):
-        sys.exit(f'error: --rundir {args.rundir} is a file, not a directory; give a directory for the run')
-    try:
-        state_path, state = (ckpt.newest_state(args.rundir, log) if args.resume == 'auto' else
-                             (args.resume, ckpt.read_state(args.resume)))
-    except (OSError, ValueError, pickle.UnpicklingError) as e:
-        sys.exit(f'error: --resume {e}')
+    name = os.path.splitext(os.path.basename(args.data))[0] + f'-{args.loss}' + f'-f{args.freeze}' * bool(args.freeze)
+    args.rundir = args.rundir or os.path.join('runs', name + '-random' * (args.init == 'random'))
+    state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
-    preset, edm = PRESETS.get(args.data, dict(CUSTOM, data=args.data)), args.loss == 'edm'
-    defaults = dict(init=preset['init'], batch=preset['batch'], kimg=preset['kimg'],
-                    lr=EDM_LOSS['lr'] if edm else preset['lr'], lr_rampup=EDM_LOSS['lr_rampup'] if edm else 0,
-                    ema=EDM_LOSS['ema'] if edm else preset['ema'], dwidth=preset.get('dwidth', 64),
-                    precision='bf16' if device.type == 'cuda' else 'fp32', tick=max(preset['kimg'] / 20, 1),
-                    snap=preset['kimg'] / 4, fid_num=preset.get('fid_num', 5000), fid_ref=preset.get('fid_ref', 50000))
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
+    recipe = dict(dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
+                  snap=preset['kimg'] / 4, precision='bf16' if device.type == 'cuda' else 'fp32')
+    recipe |= preset | (EDM_LOSS if args.loss == 'edm' else {})  # D's lr and R1 weight: by D kind (build_d)
+    for k in ('init', 'batch', 'kimg', 'lr', 'lr_rampup', 'ema', 'dwidth', 'precision', 'tick', 'snap', 'fid_num',
+              'fid_ref'):
+        setattr(args, k, recipe[k] if getattr(args, k) is None else getattr(args, k))
     if args.init is None:
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
     args.batch_gpu = args.batch_gpu or args.batch // world
@@ -165,54 +146,38 @@ def build_net(args, preset, log=print):
     src = args.init if args.init != 'random' else args.arch or preset.get('arch') or preset.get('init')
     if src is None:
         sys.exit('error: --init random needs --arch (an official EDM name, "toy", or a checkpoint to copy)')
-    if args.init == 'random' and (src in ARCHS or src in unet.OFFICIAL):
-        kwargs, cls = ARCHS.get(src) or unet.OFFICIAL[src], unet.EDMPrecond
+    if args.init == 'random' and src in unet.ARCHS:
+        kwargs, cls = unet.ARCHS[src], unet.EDMPrecond
     else:
         try:
             net, _ = ckpt.read_checkpoint(src)
         except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
             message = ' '.join(str(e).split())
-            flag = '--init' if args.init != 'random' else '--arch'
-            sys.exit(f'error: {flag} ' + (message if src in message else f'{src}: {message}'))
+            sys.exit(f'error: {"--arch" if args.init == "random" else "--init"} ' +
+                     (message if src in message else f'{src}: {message}'))
         if args.init != 'random':
             if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
                 freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
-                return net.train().requires_grad_(True), f'{args.init} with --reinit {args.reinit}'
-            return net.train().requires_grad_(True), args.init
+            return net.train().requires_grad_(True), args.init + (f' with --reinit {args.reinit}' * bool(args.reinit))
         kwargs, cls = net.init_kwargs, type(net)
     torch.manual_seed(args.seed)  # identical on every rank (and DDP broadcasts rank 0's anyway)
     return cls(**kwargs).train(), f'random ({src} architecture)'
 
 
 def build_d(args, preset, dataset, log):
-    """The discriminator and a description of it; --disc auto takes the projected D when its backbone files are
-    found. Fills in the D kind's own --dlr and --r1-gamma unless given."""
-    pair = disc.PAIRS['cifar' if dataset.resolution <= 32 else 'deit']  # official: VGG at 32x32, DeiT at 64x64
+    """The discriminator and a description of it, with its kind's own --dlr and --r1-gamma unless given."""
     kinds = loss.LOSSES[args.loss][2]
     if args.disc not in ('auto', *kinds):
         sys.exit(f'error: --loss {args.loss} takes --disc {" or ".join(kinds)}, not {args.disc}')
-    if args.disc == 'auto' and kinds == ('ratio',):
-        args.disc = 'ratio'
-        log(f'--disc auto: ratio (the D of --loss {args.loss})')
     if args.disc == 'auto':
-        missing = disc.missing_backbones(pair, args.weights)
-        args.disc = preset.get('disc') or ('resnet' if missing else 'projected')
-        why = ('the preset' if 'disc' in preset else f'{", ".join(missing)} not given (--weights) nor in the cache; '
-               f'fetch them with `python ckpt.py --download {" ".join(pair)}`' if missing else 'backbone files found')
+        args.disc, why = disc.choose(kinds, preset.get('disc'), dataset.resolution, args.weights)
         log(f'--disc auto: {args.disc} ({why})')
-    recipe = RESNET if args.disc in ('resnet', 'ratio') else dict(CUSTOM, **preset)  # toy's projected D: CUSTOM's
+    recipe = RESNET if args.disc in ('resnet', 'ratio') else CUSTOM | preset  # the toy's projected D: CUSTOM's
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
-    torch.manual_seed(args.seed)
     try:
-        if args.disc == 'projected':
-            D = disc.ProjectedD(pair, dataset.label_dim, args.weights, args.seed)
-            return D, f'ProjectedD on {" + ".join(pair)}'
-        if args.disc == 'ratio':
-            D = disc.RatioD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
-            return D, f'RatioD (noise-conditioned) width {args.dwidth}'
-        D = disc.ResNetD(dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth)
-        return D, f'ResNetD width {args.dwidth}'
+        return disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth,
+                          args.weights, args.seed)
     except (RuntimeError, ValueError) as e:
         sys.exit(f'error: {e}')
 
@@ -220,30 +185,21 @@ def build_d(args, preset, dataset, log):
 def build_run(args, preset, net, source, dataset, rank, world, device, log):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
     optimizers, the AMP context, and the counters, in one namespace that the iteration functions (loss.py) read."""
-    if (net.img_resolution, net.img_channels, net.label_dim) != (dataset.resolution, dataset.num_channels,
-                                                                 dataset.label_dim):
-        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
-        sys.exit(f'error: the network ({source}) is {net.img_channels}x{net.img_resolution}x{net.img_resolution} with '
-                 f'label_dim {net.label_dim}, but {dataset.path} holds {dataset.num_channels}x{dataset.resolution}x'
-                 f'{dataset.resolution} images with label_dim {dataset.label_dim}{hint}. Pick matching --init/--data.')
     run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0,
                                 kind=loss.LOSSES[args.loss][1], D=None, D_ddp=None, opt_D=None, d_params=[],
                                 per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
     gpu = [device] if device.type == 'cuda' else None
     ddp = lambda module: torch.nn.parallel.DistributedDataParallel(module, device_ids=gpu) if world > 1 else module
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
+    run.G = unet.D2OGenerator(unet.generator_net(net)) if run.kind == 'generator' else net
     if run.kind == 'generator':
-        run.G = unet.D2OGenerator(unet.generator_net(net))
         D, run.d_desc = build_d(args, preset, dataset, log)
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
         lazy = args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
         run.opt_D = torch.optim.Adam(run.d_params, lr=args.dlr * lazy, betas=(0.0, 0.99 ** lazy), eps=1e-8)
-        # Compiled graphs cannot take R1's double backward: R1 runs D eagerly.
-        run.D_fast = torch.compile(run.D) if args.compile else run.D
+        run.D_fast = torch.compile(run.D) if args.compile else run.D  # R1's double backward runs D eagerly
         run.D_ddp = ddp(loss.DObjective(run.D, run.D_fast))
-    else:
-        run.G = net
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
     run.G.to(device, memory_format=layout)
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
@@ -251,34 +207,16 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     run.G_ddp = torch.compile(ddp(run.G)) if args.compile else ddp(run.G)
     betas = (0.0, 0.99) if run.D is not None else EDM_LOSS['betas']
     run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
-    amp_dtype = torch.bfloat16 if args.precision == 'bf16' else torch.float16
-    amp = args.precision != 'fp32'
+    amp_dtype, amp = torch.bfloat16 if args.precision == 'bf16' else torch.float16, args.precision != 'fp32'
     run.autocast = lambda: torch.autocast(device.type, amp_dtype) if amp else contextlib.nullcontext()
     run.scalers = {stage: torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16') for stage in 'GD'}
     return run
 
 
-def training_state(run, fid_history):
-    """Everything a resume needs, as plain tensors and numbers (ckpt.save_state writes it)."""
-    state = dict(G=run.G.state_dict(), G_ema=run.G_ema.state_dict(), opt_G=run.opt_G.state_dict(), nimg=run.nimg,
-                 it=run.it, scaler_G=run.scalers['G'].state_dict(), scaler_D=run.scalers['D'].state_dict(),
-                 args=json.loads(json.dumps(vars(run.args))), fid_history=fid_history)
-    if run.D is not None:
-        state.update(D=run.D.state_dict(), opt_D=run.opt_D.state_dict())
-    return state
-
-
-def load_state(run, state):
-    """Weights, optimizer moments and counters of a training state; the rates come from the flags (set_rates)."""
-    run.G.load_state_dict(state['G']), run.G_ema.load_state_dict(state['G_ema'])
-    run.opt_G.load_state_dict(state['opt_G'])
-    for stage, scaler in run.scalers.items():  # an fp32/bf16 run's scaler state is empty
-        saved = state.get('scaler_' + stage, state.get('scaler') if stage == 'G' else None)  # 'scaler': older runs
-        if saved and scaler.is_enabled():
-            scaler.load_state_dict(saved)
-    if run.D is not None:
-        run.D.load_state_dict(state['D']), run.opt_D.load_state_dict(state['opt_D'])
-    run.nimg, run.it = state['nimg'], state['it']
+def saved_parts(run):
+    """What a training state holds besides counters and flags: weights, optimizer moments, loss scalers."""
+    parts = dict(G=run.G, G_ema=run.G_ema, opt_G=run.opt_G, scaler_G=run.scalers['G'], scaler_D=run.scalers['D'])
+    return parts | dict(D=run.D, opt_D=run.opt_D) if run.D is not None else parts
 
 
 def set_rates(run):
@@ -308,12 +246,10 @@ def crossed(run, every_kimg):
 
 
 def snapshot(run, loop_fid, kept, log, line=None, final=False):
-    """Grid and G_ema checkpoint, the status line, then the full state (rank 0), each written atomically; FID when
-    due and the detector is there. The state comes last: a run killed before it resumes from the previous state and
-    writes everything after it again, the same way."""
+    """Grid, G_ema (and D) checkpoints, FID when due, the status line, then the state (rank 0), each written
+    atomically. The state comes last: a run killed before it resumes from the previous one and writes all again."""
     args, nimg = run.args, run.nimg
-    method = sample.Sampler(run.G_ema, 'generator') if run.kind == 'generator' else \
-        sample.Sampler(run.G_ema, 'heun', num_steps=18)
+    method = sample.Sampler(run.G_ema, 'generator' if run.kind == 'generator' else 'heun', num_steps=18)
     due = loop_fid and (final or nimg == 0 or (args.fid_every and crossed(run, args.fid_every)))
     fid_value = loop_fid(method, nimg / 1000) if due else None
     if fid_value is not None:
@@ -333,13 +269,9 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     if fid_value is not None and fid_value <= min(v for _, v in loop_fid.history):  # the official code picks by hand
         ckpt.save_checkpoint(os.path.join(args.rundir, 'network-best.pt'), run.G_ema, **meta)
     if line is not None:
-        write_metrics(args.rundir, dict(line, fid=fid_value))
-    ckpt.save_state(training_state(run, loop_fid.history if loop_fid else []), args.rundir, kept)
-
-
-def write_metrics(rundir, line):
-    with open(os.path.join(rundir, 'metrics.jsonl'), 'a') as f:
-        f.write(json.dumps(line) + '\n')
+        ckpt.append_metrics(args.rundir, dict(line, fid=fid_value))
+    ckpt.save_state(ckpt.state_dicts(saved_parts(run), nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
+                                     fid_history=loop_fid.history if loop_fid else []), args.rundir, kept)
 
 
 def status(run, stats, tick_nimg, tick_start, t_start, log):
@@ -356,39 +288,26 @@ def status(run, stats, tick_nimg, tick_start, t_start, log):
         f'img/s {line["img_per_s"]:7.1f}  {losses}  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min', flush=True)
     return line
 
-
-def report(run, loop_fid, log):
-    """The closing lines: FID before and after (or why there is none), and where the run is."""
-    if loop_fid and loop_fid.off:
-        log(f'FID skipped: {loop_fid.off}')
-    elif loop_fid and loop_fid.history:
-        (first_kimg, first), (last_kimg, last) = loop_fid.history[0], loop_fid.history[-1]
-        best_kimg, best = min(loop_fid.history, key=lambda kv: kv[1])
-        raw = run.D is not None and first_kimg == 0
-        what = "the teacher's raw one-step output D(80z; 80)" if raw else 'the network'
-        log(f'FID of {run.args.fid_num} generated images vs {loop_fid.ref_desc}: before ({first_kimg:g} kimg, {what}) '
-            f'{first:.2f}; after ({last_kimg:g} kimg) {last:.2f}; best {best:.2f} at {best_kimg:g} kimg')
-    log(f'done: {run.nimg / 1000:g} kimg in {run.args.rundir}')
-
 # ------------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     with sample.distributed() as (rank, world, device):
         log = print if rank == 0 else (lambda *args, **kw: None)
-        if device.type == 'cuda':
+        if device.type == 'cuda':  # exact fp32 matmuls (TF32 off), fastest convolution algorithms
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             torch.backends.cudnn.benchmark = True
         args, preset, state_path, state, changes = resolve_flags(argv, world, device, log)
         run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
         loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,
-                               args.weights) if args.fid_num else None
-        if loop_fid and state:
-            loop_fid.history = [tuple(kv) for kv in state.get('fid_history', [])]
+                               args.weights, history=state and state.get('fid_history')) if args.fid_num else None
         here = state and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(args.rundir)
         kept = [state_path] if here else []  # states of this run directory are pruned to the newest two
         del state  # loaded: do not hold a second copy of every tensor through the run
         train(run, dataset, loop_fid, kept, log)
-        report(run, loop_fid, log)
+        if loop_fid and (loop_fid.off or loop_fid.history):
+            raw = "the teacher's raw one-step output D(80z; 80)"
+            log(loop_fid.summary(raw if run.D is not None else 'the network'))
+        log(f'done: {run.nimg / 1000:g} kimg in {args.rundir}')
 
 
 def setup(args, preset, state, state_path, changes, rank, world, device, log):
@@ -407,26 +326,27 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         dataset = data.ImageDataset(path, use_labels=bool(args.cond))
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
+    shape = lambda channels, res, labels: f'{channels}x{res}x{res} images with label_dim {labels}'
+    made, held = (net.img_channels, net.img_resolution, net.label_dim), (dataset.num_channels, dataset.resolution,
+                                                                        dataset.label_dim)
+    if made != held:
+        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
+        sys.exit(f'error: the network ({source}) makes {shape(*made)}, but {path} holds {shape(*held)}{hint}. '
+                 'Pick matching --init/--data.')
     run = build_run(args, preset, net, source, dataset, rank, world, device, log)
     if state:
-        load_state(run, state)
-        changed = f'; changed: {", ".join(changes)}' if changes else ''
+        ckpt.load_state_dicts(saved_parts(run), state)
+        run.nimg, run.it = state['nimg'], state['it']
+        changed = '; changed: ' * bool(changes) + ', '.join(changes)
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
     if rank == 0:  # nothing in the run directory changes before this point
-        os.makedirs(args.rundir, exist_ok=True)
-        for tmp in glob.glob(os.path.join(args.rundir, '*.tmp')):  # left by a write that was killed
-            os.remove(tmp)
-        ckpt.trim_metrics(os.path.join(args.rundir, 'metrics.jsonl'), run.nimg)
-        options = dict(vars(args), world=world, source=run.source)
-        ckpt.atomic_write(os.path.join(args.rundir, 'options.json'),
-                          lambda f: f.write(json.dumps(options, indent=1).encode()))
+        ckpt.open_rundir(args.rundir, run.nimg, dict(vars(args), world=world, source=run.source))
     method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')
     method += {0: '', 1: ' with D2O-F freezing'}.get(args.freeze, f' with --freeze {args.freeze}')
-    log(f'{method} of {run.source} on '
-        f'{path} ({len(dataset)} images, {dataset.resolution}x{dataset.resolution}, label_dim {dataset.label_dim})')
+    log(f'{method} of {run.source} on {path} ({len(dataset)} {shape(*held)})')
     d_params = sum(param.numel() for param in run.d_params)
-    d_desc = f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else ''
-    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; {d_desc}'
+    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; ' +
+        (f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else '') +
         f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
         f'run dir {args.rundir}')
     return run, dataset
@@ -465,7 +385,7 @@ def train(run, dataset, loop_fid, kept, log):
             if snap:  # FID is measured at snapshots, so --fid-every makes one
                 snapshot(run, loop_fid, kept, log, line, final=done)
             elif run.rank == 0:
-                write_metrics(args.rundir, line)
+                ckpt.append_metrics(args.rundir, line)
             stats, tick_start, tick_nimg = {}, time.time(), run.nimg
 
 

@@ -530,6 +530,13 @@ OFFICIAL = {
 }
 
 
+# The toy teacher's architecture (assets/toy-edm.pt; train.py --init random --arch toy).
+TOY = dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32, channel_mult=[1, 2, 2],
+           num_blocks=2, attn_resolutions=[8], dropout=0.0, embedding_type='positional', encoder_type='standard',
+           decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1])
+ARCHS = dict(OFFICIAL, toy=TOY)  # every architecture --init random --arch can name
+
+
 def build_edm(name):
     """One of the nine official networks (EDMPrecond), randomly initialised: architecture only, no download."""
     if name not in OFFICIAL:
