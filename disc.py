@@ -148,15 +148,55 @@ class RatioD(torch.nn.Module):
         return [(x * emb).sum(dim=1, keepdim=True) / math.sqrt(x.shape[1])]
 
 
-SAVED = {'ResNetD': ResNetD, 'RatioD': RatioD}  # the D classes train.py saves beside its snapshots
+class TeacherD(torch.nn.Module):
+    """--disc teacher: D's trunk is a trainable copy of G's starting network's embedding and encoder (from a teacher:
+    the teacher's features; DMD2, arXiv 2405.14867, trains its GAN classifier on the diffusion network's bottleneck).
+    The image enters at one noise level sigma (--dsigma; the preconditioner's c_in and c_noise, no noise added, class
+    labels into the embedding as the teacher takes them); the bottleneck goes through GroupNorm, SiLU and a 1x1 conv to
+    one logit per position, with projection conditioning on the class. The decoder is not part of it."""
+    def __init__(self, precond, precond_kwargs, sigma=0.1, cmap_dim=128):
+        super().__init__()
+        self.init_kwargs = dict(precond=precond, precond_kwargs=precond_kwargs, sigma=sigma, cmap_dim=cmap_dim)
+        self.trunk = unet.PRECONDS[precond](**precond_kwargs)
+        for name in ('dec', 'out_norm', 'out_conv'):  # the decoder (ADM's output layers sit outside dec)
+            if hasattr(self.trunk.model, name):
+                delattr(self.trunk.model, name)
+        self.sigma, self.label_dim = sigma, self.trunk.label_dim
+        channels = [block.out_channels for block in self.trunk.model.enc.values()][-1]
+        self.norm = unet.GroupNorm(channels, eps=1e-6)
+        self.out = EqConv(channels, cmap_dim if self.label_dim else 1, 1)
+        self.embed = EqLinear(self.label_dim, cmap_dim, bias=False) if self.label_dim else None
+
+    @classmethod
+    def from_generator(cls, G, sigma=0.1):
+        """A TeacherD whose trunk starts as G's network (a D2OGenerator) minus its decoder."""
+        D = cls(G.precond, G.init_kwargs, sigma)
+        own = D.trunk.model.state_dict()
+        D.trunk.model.load_state_dict({k: v for k, v in G.model.state_dict().items() if k in own})
+        return D
+
+    def forward(self, x, c=None):
+        _, _, c_in, c_noise = self.trunk.coefs(torch.full([x.shape[0], 1, 1, 1], self.sigma, device=x.device))
+        model = self.trunk.model
+        h, _ = model.encode(x * c_in, model.embed(c_noise.flatten(), self.trunk.labels(c, x.device)))
+        logits = self.out(F.silu(self.norm(h)))
+        if self.embed is not None:
+            logits = (logits * self.embed(c)[:, :, None, None]).sum(dim=1, keepdim=True) / math.sqrt(logits.shape[1])
+        return [logits.flatten(1)]
 
 
-def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0):
-    """train.py's D by its --disc name (projected, resnet or ratio), seeded, and a description of it."""
+SAVED = {'ResNetD': ResNetD, 'RatioD': RatioD, 'TeacherD': TeacherD}  # the Ds train.py saves beside its snapshots
+
+
+def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1):
+    """train.py's D by its --disc name (projected, resnet, ratio, or teacher: on G's network), seeded, and a
+    description of it."""
     torch.manual_seed(seed)
     if kind == 'projected':
         pair = backbones_for(resolution)
         return ProjectedD(pair, label_dim, weights, seed), f'ProjectedD on {" + ".join(pair)}'
+    if kind == 'teacher':
+        return TeacherD.from_generator(G, sigma), f"TeacherD (G's starting encoder, trainable) at sigma {sigma:g}"
     D = dict(resnet=ResNetD, ratio=RatioD)[kind](resolution, channels, label_dim, width)
     return D, f'{type(D).__name__} width {width}' + (' (noise-conditioned)' if kind == 'ratio' else '')
 

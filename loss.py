@@ -193,7 +193,7 @@ def edm_iteration(run, x, labels):
 
 # Each --loss: its iteration, what it trains ('generator': a one-step G against a D; 'denoiser': EDM's network) and
 # the kinds of D it takes (train.py --disc; the first is its default under --disc auto when no other applies).
-LOSSES = dict(d2o=(d2o_iteration, 'generator', ('resnet', 'projected')),
+LOSSES = dict(d2o=(d2o_iteration, 'generator', ('resnet', 'projected', 'teacher')),
               diffratio=(diffratio_iteration, 'generator', ('ratio',)),
               edm=(edm_iteration, 'denoiser', ()))
 

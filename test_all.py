@@ -500,6 +500,39 @@ def test_disc_ratio_d_conditioning_and_independence():
     assert x.grad.abs().sum() > 0 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
 
 
+def test_disc_teacher_d_is_the_encoder_at_its_noise_level(tiny, tmp_path):
+    """TeacherD: its trunk starts as G's network minus the decoder, and sees an image as the teacher does at sigma
+    (the teacher's own last encoder output, caught by a hook on a full forward, through D's head gives D's logits);
+    one logit per 4x4 position; the class matters; no batch coupling; gradients reach the input and every parameter;
+    saved and loaded as train.py does, it is the same D."""
+    teacher = ckpt.load_edm(tiny['ckpt'])
+    G = unet.D2OGenerator(unet.generator_net(teacher))
+    D = disc.TeacherD.from_generator(G, sigma=0.3)
+    encoder = {k: v for k, v in G.model.state_dict().items() if not k.startswith('dec.')}
+    assert D.trunk.model.state_dict().keys() == encoder.keys()
+    assert all(torch.equal(v, encoder[k]) for k, v in D.trunk.model.state_dict().items())
+    torch.manual_seed(0)
+    x, c = torch.randn(5, 3, 8, 8, requires_grad=True), torch.eye(4)[[0, 1, 2, 3, 0]]
+    (d,) = D(x, c)
+    assert d.shape == (5, 16)
+    caught = []
+    last = list(teacher.model.enc.values())[-1]
+    hook = last.register_forward_hook(lambda module, args, out: caught.append(out))
+    with torch.no_grad():
+        teacher(x, torch.full([5], 0.3), c)
+    hook.remove()
+    logits = D.out(torch.nn.functional.silu(D.norm(caught[0])))
+    expected = (logits * D.embed(c)[:, :, None, None]).sum(1) / math.sqrt(logits.shape[1])
+    torch.testing.assert_close(d, expected.flatten(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(D(x[:2], c[:2])[0], d[:2])
+    assert not torch.allclose(D(x, c.roll(1, 0))[0], d)
+    d.sum().backward()
+    assert x.grad.abs().sum() > 0 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+    ckpt.save_checkpoint(str(tmp_path / 'd.pt'), D)
+    with torch.no_grad():
+        torch.testing.assert_close(disc.load_d(str(tmp_path / 'd.pt'))(x, c)[0], D(x, c)[0], rtol=0, atol=0)
+
+
 def test_disc_offline_names_every_missing_file(monkeypatch, tmp_path, backbone_files):
     """Offline, one error names every backbone file still missing (not only the first) and where it goes; a file
     found through $D2O_WEIGHTS is not in the list; nothing is left in the cache."""
@@ -1150,6 +1183,31 @@ def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
     for key in ('G', 'G_ema', 'D'):
         for k in one[key]:
             torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+
+
+def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):
+    """--disc teacher on 2 ranks (gloo) with D2O-F freezing, past an R1 step: the ranks agree, the result equals one
+    process; D's trunk is its own copy of G's encoder (G's frozen tensors keep their bits while D's copies of them
+    train), with the teacher D's lr and R1 weight, and its snapshot loads as the trained D."""
+    flags = ('--disc', 'teacher', '--freeze', '1', '--r1-interval', '2', '--kimg', '0.032')
+    two = torchrun_train(tiny, tmp_path / 'two', *flags)
+    assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
+    assert "D: TeacherD (G's starting encoder, trainable) at sigma 0.1" in two.stdout
+    options = json.load(open(tmp_path / 'two' / 'options.json'))
+    assert (options['dlr'], options['r1_gamma'], options['dsigma']) == (1e-4, 0.1, 0.1)
+    one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
+    a = newest_state(tmp_path / 'two')
+    for key in ('G', 'G_ema', 'D'):
+        for k in one[key]:
+            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+    start = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).state_dict()
+    frozen = [k for k in start if freeze.is_frozen(k, 1) and not k.endswith('resample_filter')]
+    assert frozen and all(torch.equal(a['G'][k], start[k]) for k in frozen)
+    copies = [k for k in frozen if 'trunk.' + k in a['D']]  # the encoder's frozen convs
+    assert copies and all(not torch.equal(a['D']['trunk.' + k], start[k]) for k in copies)
+    assert not any(k.startswith('trunk.model.dec.') for k in a['D'])
+    saved = disc.load_d(str(tmp_path / 'two' / 'disc-snapshot-000000032.pt'))
+    assert isinstance(saved, disc.TeacherD) and all(torch.equal(v, a['D'][k]) for k, v in saved.state_dict().items())
 
 
 def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, tmp_path):

@@ -56,8 +56,10 @@ PRESETS = {
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
-# The ResNet D's own defaults: its equalized-lr layers train at StyleGAN2's lr scale, and its R1 weight is the toy's.
-RESNET = dict(dlr=2e-3, r1_gamma=0.1)
+# The ResNet and ratio Ds' own defaults: their equalized-lr layers train at StyleGAN2's lr scale, and the R1 weight is
+# the toy's. The teacher D's trunk is a diffusion network's encoder in plain parametrisation: G's lr scale.
+D_RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=0.1), ratio=dict(dlr=2e-3, r1_gamma=0.1),
+                 teacher=dict(dlr=1e-4, r1_gamma=0.1))
 
 # ------------------------------------------------------------------------------------------------------------------
 # Flags. Every mistake a user can type ends in one line on stderr.
@@ -89,8 +91,9 @@ flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this ma
 flag('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
 flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
-flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio'], help='projected: the official D on '
-     'pretrained backbones; auto: projected if its files are found, else resnet; ratio: the D of diffratio')
+flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio', 'teacher'], help='auto: projected '
+     "if its files are found, else resnet; ratio: diffratio's; teacher: on a trainable copy of G's starting encoder")
+flag('--dsigma', type=POSITIVE, default=0.1, help='--disc teacher: the noise level its encoder sees images at')
 flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files of the backbone and FID detector '
      'weights, comma-separated (also $D2O_WEIGHTS)')
 flag('--dwidth', type=POSITIVE_INT, default=None, help='ResNet / ratio D channels at full resolution')
@@ -108,7 +111,8 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 
 # What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
 # batch_gpu, precision, compile, weights, rundir and resume belong to the session.
-FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'seed')
+FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'dsigma',
+         'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -164,7 +168,7 @@ def build_net(args, preset, log=print):
     return cls(**kwargs).train(), f'random ({src} architecture)'
 
 
-def build_d(args, preset, dataset, log):
+def build_d(args, preset, dataset, G, log):
     """The discriminator and a description of it, with its kind's own --dlr and --r1-gamma unless given."""
     kinds = loss.LOSSES[args.loss][2]
     if args.disc not in ('auto', *kinds):
@@ -172,12 +176,12 @@ def build_d(args, preset, dataset, log):
     if args.disc == 'auto':
         args.disc, why = disc.choose(kinds, preset.get('disc'), dataset.resolution, args.weights)
         log(f'--disc auto: {args.disc} ({why})')
-    recipe = RESNET if args.disc in ('resnet', 'ratio') else CUSTOM | preset  # the toy's projected D: CUSTOM's
+    recipe = D_RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
     try:
         return disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth,
-                          args.weights, args.seed)
+                          args.weights, args.seed, G, args.dsigma)
     except (RuntimeError, ValueError) as e:
         sys.exit(f'error: {e}')
 
@@ -193,7 +197,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
     run.G = unet.D2OGenerator(unet.generator_net(net)) if run.kind == 'generator' else net
     if run.kind == 'generator':
-        D, run.d_desc = build_d(args, preset, dataset, log)
+        D, run.d_desc = build_d(args, preset, dataset, run.G, log)
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
         lazy = args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction

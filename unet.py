@@ -245,7 +245,7 @@ class SongUNet(torch.nn.Module):
                 self.dec[f'{res}x{res}_aux_norm'] = GroupNorm(cout, eps=1e-6)
                 self.dec[f'{res}x{res}_aux_conv'] = Conv2d(cout, out_channels, 3, **init_zero)
 
-    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+    def embed(self, noise_labels, class_labels, augment_labels=None):
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # SongUNet: [sin, cos]
         if self.map_label is not None:
@@ -254,8 +254,10 @@ class SongUNet(torch.nn.Module):
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer0(emb))
-        emb = F.silu(self.map_layer1(emb))
+        return F.silu(self.map_layer1(emb))
 
+    def encode(self, x, emb):
+        """The encoder: its output and the skips the decoder takes (also the trunk of disc.TeacherD)."""
         skips, aux = [], x
         for name, block in self.enc.items():
             if 'aux_down' in name:
@@ -267,7 +269,11 @@ class SongUNet(torch.nn.Module):
             else:
                 x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
+        return x, skips
 
+    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+        emb = self.embed(noise_labels, class_labels, augment_labels)
+        x, skips = self.encode(x, emb)
         aux = tmp = None
         for name, block in self.dec.items():
             if 'aux_up' in name:
@@ -332,7 +338,7 @@ class DhariwalUNet(torch.nn.Module):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
-    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+    def embed(self, noise_labels, class_labels, augment_labels=None):
         emb = self.map_noise(noise_labels)  # ADM keeps [cos, sin]
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -340,11 +346,18 @@ class DhariwalUNet(torch.nn.Module):
         emb = self.map_layer1(emb)
         if self.map_label is not None:
             emb = emb + self.map_label(_label_dropout(class_labels, self.label_dropout, self.training))
-        emb = F.silu(emb)
+        return F.silu(emb)
+
+    def encode(self, x, emb):
         skips = []
         for block in self.enc.values():
             x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
+        return x, skips
+
+    def forward(self, x, noise_labels, class_labels, augment_labels=None):
+        emb = self.embed(noise_labels, class_labels, augment_labels)
+        x, skips = self.encode(x, emb)
         for block in self.dec.values():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
