@@ -119,8 +119,9 @@ class Progress:
             return
         self.ended = finished  # the closing line once, however often update(0) comes after it
         self.last, rate = now, self.done / max(now - self.start, 1e-9)
+        eta = f'ETA {(self.total - self.done) / rate / 60:.1f} min' if rate > 0 else 'no ETA yet'  # nothing done yet
         line = (f'{self.what}: {self.done} {self.unit} in {now - self.start:.0f} s ({rate:.1f}/s)' if finished else
-                f'{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, ETA {(self.total - self.done) / rate / 60:.1f} min')
+                f'{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, {eta}')
         print('\r' + line.ljust(90) if self.tty else line, end='\n' if finished or not self.tty else '', flush=True)
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -204,6 +204,25 @@ def test_unet_bf16_autocast_cpu():
 # -----------------------------------------------------------------------------------------------------------------
 # ckpt.py: safe unpickling, our checkpoints, downloads
 
+def test_progress_lines_with_a_clock_by_hand(monkeypatch, capsys):
+    """ckpt.Progress on a log (not a terminal): a line every `every` seconds, also while nothing is done yet (no ETA,
+    no division by a zero rate), rate and ETA by hand, and the closing line once."""
+    clock = [100.0]
+    monkeypatch.setattr(ckpt.time, 'time', lambda: clock[0])
+    progress = ckpt.Progress('GAN runs', 100, every=5)
+    clock[0] = 105.0
+    progress.update(0)
+    clock[0] = 110.0
+    progress.update(50)  # 50 images in 10 s: 5.0/s, 50 left: 10 s = 0.17 min
+    progress.update(0)  # within `every` of the last line: quiet
+    clock[0] = 120.0
+    progress.update(50)
+    progress.update(0)
+    assert capsys.readouterr().out.splitlines() == [
+        'GAN runs: 100 images ...', 'GAN runs: 0/100 images, 0.0/s, no ETA yet',
+        'GAN runs: 50/100 images, 5.0/s, ETA 0.2 min', 'GAN runs: 100 images in 20 s (5.0/s)']
+
+
 def _fake_module(name, **attrs):
     mod = types.ModuleType(name)
     for key, fn in attrs.items():
