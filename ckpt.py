@@ -37,6 +37,7 @@ import math
 import os
 import pickle
 import re
+import resource
 import struct
 import sys
 import time
@@ -123,6 +124,20 @@ class Progress:
         line = (f'{self.what}: {self.done} {self.unit} in {now - self.start:.0f} s ({rate:.1f}/s)' if finished else
                 f'{self.what}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, {eta}')
         print('\r' + line.ljust(90) if self.tty else line, end='\n' if finished or not self.tty else '', flush=True)
+
+
+def status_line(nimg, it, total_kimg, stats, tick_nimg, tick_start, t_start, device):
+    """train.py's status line of the images since tick_nimg (speed, mean losses, peak memory, ETA) -> (the line as a
+    dict for metrics.jsonl, the text to print)."""
+    dt = time.time() - tick_start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+    mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else rss
+    line = dict(kimg=nimg / 1000, it=it, sec_per_kimg=dt / ((nimg - tick_nimg) / 1000), img_per_s=(nimg - tick_nimg) / dt,
+                mem_gb=mem, time=time.time() - t_start, **{k: float(np.mean(v)) for k, v in stats.items()})
+    eta = (total_kimg * 1000 - nimg) / 1000 * line['sec_per_kimg']
+    losses = '  '.join(f'{k} {v:.4f}' for k, v in line.items() if k.startswith('loss'))
+    return line, (f'kimg {nimg / 1000:8.3f}  it {it:6d}  sec/kimg {line["sec_per_kimg"]:7.2f}  img/s '
+                  f'{line["img_per_s"]:7.1f}  {losses}  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min')
 
 # ----------------------------------------------------------------------------------------------------------------
 # Safe loading of EDM's persistence pickles (EDM's torch_utils/persistence.py writes them). EDM's own loader exec()s the source code embedded in
@@ -447,6 +462,16 @@ def save_checkpoint(path, net, **meta):
     atomic_save(ckpt, path)
 
 
+def save_snapshot(rundir, nimg, G_ema, D=None, best=False, **meta):
+    """A run's snapshot at nimg images: network-snapshot-*.pt (G_ema), disc-snapshot-*.pt (D, if given) and, when
+    best, network-best.pt."""
+    save_checkpoint(os.path.join(rundir, f'network-snapshot-{nimg:09d}.pt'), G_ema, **meta)
+    if D is not None:
+        save_checkpoint(os.path.join(rundir, f'disc-snapshot-{nimg:09d}.pt'), D, **dict(meta, kind='disc'))
+    if best:
+        save_checkpoint(os.path.join(rundir, 'network-best.pt'), G_ema, **meta)
+
+
 def atomic_write(path, write):
     """write(file) into PATH.PID.tmp, then rename it to PATH: a crash leaves the old file or the new one, never half of
     one (a killed write leaves only the .tmp, which train.py removes at start-up)."""
@@ -526,6 +551,29 @@ def read_checkpoint(src):
 def load_edm(src):
     """An EDM network (EDM .pkl, loaded without executing it, or our checkpoint): our own class, eval mode."""
     return read_checkpoint(src)[0]
+
+
+def starting_net(init, arch=None, seed=0):
+    """The network a run starts from, in train mode: the checkpoint --init (path, URL or official name) or, for
+    init 'random', a fresh network (seeded) of --arch's architecture (a name in unet.ARCHS or a checkpoint to copy).
+    -> (net, where it came from). A bad flag raises ValueError with one line naming it."""
+    src = init if init != 'random' else arch
+    if src is None:
+        raise ValueError('--init random needs --arch (an official EDM name, "toy", or a checkpoint to copy)')
+    if init == 'random' and src in unet.ARCHS:
+        kwargs, cls = unet.ARCHS[src], unet.EDMPrecond
+    else:
+        try:
+            net, _ = read_checkpoint(src)
+        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+            message = ' '.join(str(e).split())
+            raise ValueError(f'{"--arch" if init == "random" else "--init"} ' +
+                             (message if src in message else f'{src}: {message}')) from None
+        if init != 'random':
+            return net.train().requires_grad_(True), init
+        kwargs, cls = net.init_kwargs, type(net)
+    torch.manual_seed(seed)  # identical on every rank (and DDP broadcasts rank 0's anyway)
+    return cls(**kwargs).train(), f'random ({src} architecture)'
 
 # ----------------------------------------------------------------------------------------------------------------
 # train.py's run directory: training states verified on load, the newest two kept, named by images seen so that

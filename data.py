@@ -152,6 +152,16 @@ class ImageDataset:
                      for n in self.names]
         return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:10]
 
+    def describe(self):
+        return f'{self.num_channels}x{self.resolution}x{self.resolution} images with label_dim {self.label_dim}'
+
+    def check_network(self, net, source, hint=''):
+        """Refuse a network (from source) that makes other images than this dataset holds: one line naming both."""
+        if (net.img_channels, net.img_resolution, net.label_dim) != (self.num_channels, self.resolution, self.label_dim):
+            made = f'{net.img_channels}x{net.img_resolution}x{net.img_resolution} images with label_dim {net.label_dim}'
+            raise DatasetError(f'the network ({source}) makes {made}, but {self.path} holds {self.describe()}{hint}. '
+                               'Pick matching --init/--data.')
+
     def __len__(self):
         return len(self.names)
 

@@ -223,6 +223,18 @@ def test_progress_lines_with_a_clock_by_hand(monkeypatch, capsys):
         'GAN runs: 50/100 images, 5.0/s, ETA 0.2 min', 'GAN runs: 100 images in 20 s (5.0/s)']
 
 
+def test_status_line_with_a_clock_by_hand(monkeypatch):
+    """train.py's status line: speed since the last tick, mean losses and the ETA, by hand."""
+    monkeypatch.setattr(ckpt.time, 'time', lambda: 200.0)
+    stats = {'loss_G': [1.0, 2.0], 'loss_D': [0.5]}
+    line, text = ckpt.status_line(3000, 42, 4, stats, 2000, 190.0, 100.0, torch.device('cpu'))
+    # 1,000 images in 10 s: 10 s/kimg and 100 img/s; 1 kimg left: 10 s = 0.2 min
+    assert (line['kimg'], line['it'], line['sec_per_kimg'], line['img_per_s'], line['time']) == (3, 42, 10, 100, 100)
+    assert (line['loss_G'], line['loss_D']) == (1.5, 0.5) and line['mem_gb'] > 0
+    assert text.startswith('kimg    3.000  it     42  sec/kimg   10.00  img/s   100.0  loss_G 1.5000  loss_D 0.5000  mem ')
+    assert text.endswith('GB  eta 0.2min')
+
+
 def _fake_module(name, **attrs):
     mod = types.ModuleType(name)
     for key, fn in attrs.items():
@@ -314,6 +326,32 @@ def test_ckpt_our_checkpoint_roundtrip(tmp_path, edm_fixture):
     assert type(net2) is type(net) and meta == dict(trained_from=name)
     for (k, a), (k2, b) in zip(net.state_dict().items(), net2.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
+
+
+def test_ckpt_starting_net_teacher_random_and_errors(tiny, tmp_path):
+    """train.py's starting network: the teacher's weights, trainable; a seeded fresh network of a named architecture
+    or of a checkpoint's; one-line errors naming the flag."""
+    teacher = ckpt.load_edm(tiny['ckpt'])
+    net, source = ckpt.starting_net(tiny['ckpt'], 'toy', seed=5)  # --arch is ignored when --init is a teacher
+    assert source == tiny['ckpt'] and net.training and all(param.requires_grad for param in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), teacher.state_dict().values()))
+    copy_arch, source = ckpt.starting_net('random', tiny['ckpt'], seed=5)
+    assert source == f'random ({tiny["ckpt"]} architecture)' and copy_arch.init_kwargs == teacher.init_kwargs
+    assert not torch.equal(copy_arch.model.enc['8x8_conv'].weight, teacher.model.enc['8x8_conv'].weight)
+    toy, source = ckpt.starting_net('random', 'toy', seed=5)
+    assert source == 'random (toy architecture)' and unet.num_params(toy) == unet.num_params(
+        unet.EDMPrecond(**unet.ARCHS['toy']))
+    again, _ = ckpt.starting_net('random', 'toy', seed=5)
+    other, _ = ckpt.starting_net('random', 'toy', seed=6)
+    first = lambda net: next(iter(net.parameters()))
+    assert torch.equal(first(toy), first(again)) and not torch.equal(first(toy), first(other))
+    with pytest.raises(ValueError, match='--init random needs --arch'):
+        ckpt.starting_net('random', None)
+    missing = str(tmp_path / 'missing.pt')
+    for init, arch, flag in ((missing, None, '--init'), ('random', missing, '--arch')):
+        with pytest.raises(ValueError) as e:
+            ckpt.starting_net(init, arch)
+        assert str(e.value).startswith(flag + ' ') and missing in str(e.value) and '\n' not in str(e.value)
 
 
 def test_ckpt_offline_download_message(tmp_path, monkeypatch):

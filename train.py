@@ -18,8 +18,6 @@ import contextlib
 import copy
 import json
 import os
-import pickle
-import resource
 import sys
 import time
 import types
@@ -56,10 +54,6 @@ PRESETS = {
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
-# The ResNet and ratio Ds' own defaults: their equalized-lr layers train at StyleGAN2's lr scale, and the R1 weight is
-# the toy's. The teacher D's trunk is a diffusion network's encoder in plain parametrisation: G's lr scale.
-D_RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=0.1), ratio=dict(dlr=2e-3, r1_gamma=0.1),
-                 teacher=dict(dlr=1e-4, r1_gamma=0.1))
 
 # ------------------------------------------------------------------------------------------------------------------
 # Flags. Every mistake a user can type ends in one line on stderr.
@@ -121,8 +115,9 @@ def resolve_flags(argv, world, device, log):
     """The flags (the preset's defaults, or a resumed run's own values plus what is typed now), the preset and the
     newest good state. Reads files only: every refusal comes before anything in the run directory changes."""
     args, typed = ckpt.typed_flags(parser, argv)
-    name = os.path.splitext(os.path.basename(args.data))[0] + f'-{args.loss}' + f'-f{args.freeze}' * bool(args.freeze)
-    args.rundir = args.rundir or os.path.join('runs', name + '-random' * (args.init == 'random'))
+    stem = os.path.splitext(os.path.basename(args.data))[0]
+    name = f'{stem}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
+    args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
     state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
@@ -143,29 +138,18 @@ def resolve_flags(argv, world, device, log):
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
 
-def build_net(args, preset, log=print):
+def build_net(args, preset, log):
     """The network to train, as our EDM preconditioner, plus a note of where it came from."""
     if args.reinit and args.init == 'random':
         sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
-    src = args.init if args.init != 'random' else args.arch or preset.get('arch') or preset.get('init')
-    if src is None:
-        sys.exit('error: --init random needs --arch (an official EDM name, "toy", or a checkpoint to copy)')
-    if args.init == 'random' and src in unet.ARCHS:
-        kwargs, cls = unet.ARCHS[src], unet.EDMPrecond
-    else:
-        try:
-            net, _ = ckpt.read_checkpoint(src)
-        except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
-            message = ' '.join(str(e).split())
-            sys.exit(f'error: {"--arch" if args.init == "random" else "--init"} ' +
-                     (message if src in message else f'{src}: {message}'))
-        if args.init != 'random':
-            if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
-                freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
-            return net.train().requires_grad_(True), args.init + (f' with --reinit {args.reinit}' * bool(args.reinit))
-        kwargs, cls = net.init_kwargs, type(net)
-    torch.manual_seed(args.seed)  # identical on every rank (and DDP broadcasts rank 0's anyway)
-    return cls(**kwargs).train(), f'random ({src} architecture)'
+    try:
+        net, source = ckpt.starting_net(args.init, args.arch or preset.get('init'), args.seed)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
+    if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
+        freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
+        source += f' with --reinit {args.reinit}'
+    return net, source
 
 
 def build_d(args, preset, dataset, G, log):
@@ -176,7 +160,7 @@ def build_d(args, preset, dataset, G, log):
     if args.disc == 'auto':
         args.disc, why = disc.choose(kinds, preset.get('disc'), dataset.resolution, args.weights)
         log(f'--disc auto: {args.disc} ({why})')
-    recipe = D_RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
+    recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
     try:
@@ -241,7 +225,7 @@ def ema_update(G_ema, G, args, nimg):
             p_ema.lerp_(p.detach(), 1 - beta)
 
 # ------------------------------------------------------------------------------------------------------------------
-# Snapshots: grid, G_ema checkpoint, FID, status line and training state.
+# Snapshots: grid, G_ema checkpoint, FID and training state.
 
 def crossed(run, every_kimg):
     """Did the last batch cross a multiple of every_kimg?"""
@@ -266,31 +250,14 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     sample.save_grid(images, os.path.join(args.rundir, f'grid-{nimg:09d}.png'), cols=8)
     meta = dict(kind=run.kind, trained_from=run.source, data=args.data, kimg=nimg / 1000, freeze=args.freeze,
                 loss=args.loss, fid=fid_value, fid_num=args.fid_num)
-    ckpt.save_checkpoint(os.path.join(args.rundir, f'network-snapshot-{nimg:09d}.pt'), run.G_ema, **meta)
-    if type(run.D).__name__ in disc.SAVED:  # sample.py --best-of's verifier (not the projected D's backbones)
-        d_path = os.path.join(args.rundir, f'disc-snapshot-{nimg:09d}.pt')
-        ckpt.save_checkpoint(d_path, run.D, **dict(meta, kind='disc'))
-    if fid_value is not None and fid_value <= min(v for _, v in loop_fid.history):  # the official code picks by hand
-        ckpt.save_checkpoint(os.path.join(args.rundir, 'network-best.pt'), run.G_ema, **meta)
+    verifier = run.D if type(run.D).__name__ in disc.SAVED else None  # sample.py --best-of's (not the projected D)
+    best = fid_value is not None and fid_value <= min(v for _, v in loop_fid.history)  # the official code picks by hand
+    ckpt.save_snapshot(args.rundir, nimg, run.G_ema, verifier, best, **meta)
     if line is not None:
         ckpt.append_metrics(args.rundir, dict(line, fid=fid_value))
     ckpt.save_state(ckpt.state_dicts(saved_parts(run), nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
                                      fid_history=loop_fid.history if loop_fid else []), args.rundir, kept)
 
-
-def status(run, stats, tick_nimg, tick_start, t_start, log):
-    """Print the status line of the images since tick_nimg; return it as a line of metrics.jsonl."""
-    dt, device = time.time() - tick_start, run.device
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == 'cuda' else rss
-    line = dict(kimg=run.nimg / 1000, it=run.it, sec_per_kimg=dt / ((run.nimg - tick_nimg) / 1000),
-                img_per_s=(run.nimg - tick_nimg) / dt, mem_gb=mem, time=time.time() - t_start,
-                **{k: float(np.mean(v)) for k, v in stats.items()})
-    eta = (run.args.kimg * 1000 - run.nimg) / 1000 * line['sec_per_kimg']
-    losses = '  '.join(f'{k} {v:.4f}' for k, v in line.items() if k.startswith('loss'))
-    log(f'kimg {run.nimg / 1000:8.3f}  it {run.it:6d}  sec/kimg {line["sec_per_kimg"]:7.2f}  '
-        f'img/s {line["img_per_s"]:7.1f}  {losses}  mem {mem:.2f}GB  eta {max(eta, 0) / 60:.1f}min', flush=True)
-    return line
 
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -328,26 +295,21 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         log(f'--cond {args.cond}: the network has label_dim {net.label_dim}')
     try:
         dataset = data.ImageDataset(path, use_labels=bool(args.cond))
+        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
+        dataset.check_network(net, source, hint)
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
-    shape = lambda channels, res, labels: f'{channels}x{res}x{res} images with label_dim {labels}'
-    made, held = (net.img_channels, net.img_resolution, net.label_dim), (dataset.num_channels, dataset.resolution,
-                                                                        dataset.label_dim)
-    if made != held:
-        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
-        sys.exit(f'error: the network ({source}) makes {shape(*made)}, but {path} holds {shape(*held)}{hint}. '
-                 'Pick matching --init/--data.')
     run = build_run(args, preset, net, source, dataset, rank, world, device, log)
     if state:
         ckpt.load_state_dicts(saved_parts(run), state)
         run.nimg, run.it = state['nimg'], state['it']
-        changed = '; changed: ' * bool(changes) + ', '.join(changes)
+        changed = f'; changed: {", ".join(changes)}' if changes else ''
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
     if rank == 0:  # nothing in the run directory changes before this point
         ckpt.open_rundir(args.rundir, run.nimg, dict(vars(args), world=world, source=run.source))
     method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')
     method += {0: '', 1: ' with D2O-F freezing'}.get(args.freeze, f' with --freeze {args.freeze}')
-    log(f'{method} of {run.source} on {path} ({len(dataset)} {shape(*held)})')
+    log(f'{method} of {run.source} on {path} ({len(dataset)} {dataset.describe()})')
     d_params = sum(param.numel() for param in run.d_params)
     log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; ' +
         (f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else '') +
@@ -385,7 +347,8 @@ def train(run, dataset, loop_fid, kept, log):
         done = run.nimg >= args.kimg * 1000
         snap = done or crossed(run, args.snap) or bool(loop_fid and args.fid_every and crossed(run, args.fid_every))
         if snap or run.nimg - tick_nimg >= args.tick * 1000:
-            line = status(run, stats, tick_nimg, tick_start, t_start, log)
+            line, text = ckpt.status_line(run.nimg, run.it, args.kimg, stats, tick_nimg, tick_start, t_start, device)
+            log(text, flush=True)
             if snap:  # FID is measured at snapshots, so --fid-every makes one
                 snapshot(run, loop_fid, kept, log, line, final=done)
             elif run.rank == 0:
