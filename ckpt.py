@@ -54,6 +54,10 @@ import unet
 # Command lines: every mistake a user can type ends in one line on stderr, and long steps show their progress.
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and no abbreviated flags (a shortened flag must not silently mean another)."""
+    def __init__(self, *args, allow_abbrev=False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
     def error(self, message):  # one line instead of the usage block
         sys.exit(f'error: {message} (python {self.prog} --help lists the flags)')
 
@@ -613,6 +617,12 @@ def resume_point(rundir, resume, log):
         return newest_state(rundir, log) if resume == 'auto' else (resume, read_state(resume))
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         sys.exit(f'error: --resume {e}')
+
+
+def kept_states(state_path, rundir):
+    """The list save_state starts pruning from: the resumed state if it is one of rundir's, else none."""
+    here = state_path and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(rundir)
+    return [state_path] if here else []
 
 
 def save_state(state, rundir, kept):

@@ -105,7 +105,7 @@ class ImageDataset:
     size and channels. Every later image is checked when decoded, and an error names the file."""
 
     def __init__(self, path, resolution=None, use_labels=True, cache=True):
-        self.path, self.cache = path, {} if cache else None
+        self.path, self.cache, self.use_labels = path, {} if cache else None, use_labels
         if not os.path.exists(path):
             raise DatasetError(f'dataset {path} not found. Make it with `python data.py convert ...` '
                                f'(or `python data.py toy`); see README.md.')
@@ -155,10 +155,11 @@ class ImageDataset:
     def describe(self):
         return f'{self.num_channels}x{self.resolution}x{self.resolution} images with label_dim {self.label_dim}'
 
-    def check_network(self, net, source, hint=''):
+    def check_network(self, net, source):
         """Refuse a network (from source) that makes other images than this dataset holds: one line naming both."""
         if (net.img_channels, net.img_resolution, net.label_dim) != (self.num_channels, self.resolution, self.label_dim):
             made = f'{net.img_channels}x{net.img_resolution}x{net.img_resolution} images with label_dim {net.label_dim}'
+            hint = ' (train.py --cond 0 turned its labels off)' if net.label_dim and not self.use_labels else ''
             raise DatasetError(f'the network ({source}) makes {made}, but {self.path} holds {self.describe()}{hint}. '
                                'Pick matching --init/--data.')
 
@@ -455,8 +456,13 @@ def toy_world(n=20000, resolution=16, seed=0):
     return [toy_image(rng, c, resolution) for c in labels], labels
 
 
-def toy_path(resolution=16):
-    return os.path.join('datasets', f'toy-{resolution}x{resolution}.zip')
+def toy_path(resolution=16, log=None):
+    """The toy world's dataset file; with log, written there first (deterministically) if it is missing."""
+    path = os.path.join('datasets', f'toy-{resolution}x{resolution}.zip')
+    if log and not os.path.exists(path):
+        log(f'writing the toy world to {path} (once) ...')
+        make_toy(path, resolution=resolution)
+    return path
 
 
 def make_toy(dest=None, n=20000, resolution=16, seed=0):

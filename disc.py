@@ -58,14 +58,25 @@ def lrelu(x):
 
 
 class ResBlock(torch.nn.Module):
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, down=True):
         super().__init__()
         self.conv0, self.conv1 = EqConv(cin, cin, 3), EqConv(cin, cout, 3)
-        self.skip = EqConv(cin, cout, 1, bias=False)
+        self.skip, self.down = EqConv(cin, cout, 1, bias=False), down
 
     def forward(self, x):
-        y = F.avg_pool2d(lrelu(self.conv1(lrelu(self.conv0(x)))), 2)
-        return (y + self.skip(F.avg_pool2d(x, 2))) / math.sqrt(2)
+        y = lrelu(self.conv1(lrelu(self.conv0(x))))
+        if self.down:
+            y, x = F.avg_pool2d(y, 2), F.avg_pool2d(x, 2)
+        return (y + self.skip(x)) / math.sqrt(2)
+
+
+def block_plan(resolution, width, max_width, depth):
+    """(in channels, out channels, halves the resolution) of each residual block from full resolution down to 4x4:
+    depth blocks per resolution, the last of which halves it; and the channels at 4x4."""
+    ch = lambda res: min(width * (resolution // res), max_width)
+    sizes = [resolution >> k for k in range(int(math.log2(resolution // 4)))]
+    return [(ch(res), ch(res // 2) if i == depth - 1 else ch(res), i == depth - 1) for res in sizes
+            for i in range(depth)], ch(4)
 
 
 def minibatch_std(x, group=4):
@@ -80,19 +91,14 @@ def minibatch_std(x, group=4):
 
 
 class ResNetD(torch.nn.Module):
-    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128):
+    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, depth=1):
         super().__init__()
         self.init_kwargs = dict(resolution=resolution, channels=channels, label_dim=label_dim, width=width,
-                                max_width=max_width, cmap_dim=cmap_dim)
+                                max_width=max_width, cmap_dim=cmap_dim, depth=depth)
         self.resolution, self.label_dim = resolution, label_dim
-        ch = lambda res: min(width * (resolution // res), max_width)
-        self.from_rgb = EqConv(channels, ch(resolution), 1)
-        self.blocks = torch.nn.ModuleList()
-        res = resolution
-        while res > 4:
-            self.blocks.append(ResBlock(ch(res), ch(res // 2)))
-            res //= 2
-        c = ch(4)
+        plan, c = block_plan(resolution, width, max_width, depth)
+        self.from_rgb = EqConv(channels, min(width, max_width), 1)
+        self.blocks = torch.nn.ModuleList([ResBlock(*block) for block in plan])
         self.conv = EqConv(c + 1, c, 3)
         self.fc = EqLinear(c * 16, c)
         self.out = EqLinear(c, cmap_dim if label_dim else 1)
@@ -117,24 +123,24 @@ class RatioD(torch.nn.Module):
     ln(sigma)/4, positional features, one layer) added to every block's input, projection conditioning on the noise
     level plus the class. No minibatch-std, so a sample's logit does not depend on the others in its batch (best-of-N
     scores candidates with it)."""
-    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, sigma_data=0.5):
+    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, sigma_data=0.5,
+                 depth=1):
         super().__init__()
         self.init_kwargs = dict(resolution=resolution, channels=channels, label_dim=label_dim, width=width,
-                                max_width=max_width, cmap_dim=cmap_dim, sigma_data=sigma_data)
+                                max_width=max_width, cmap_dim=cmap_dim, sigma_data=sigma_data, depth=depth)
         self.resolution, self.label_dim, self.sigma_data = resolution, label_dim, sigma_data
-        ch = lambda res: min(width * (resolution // res), max_width)
+        plan, c = block_plan(resolution, width, max_width, depth)
         self.map_noise = unet.PositionalEmbedding(cmap_dim, endpoint=True)
         self.map_layer = EqLinear(cmap_dim, cmap_dim)
         self.embed = EqLinear(label_dim, cmap_dim, bias=False) if label_dim else None
-        self.from_rgb = EqConv(channels, ch(resolution), 1)
-        self.affine, self.blocks, res = torch.nn.ModuleList(), torch.nn.ModuleList(), resolution
-        while res > 4:
-            self.affine.append(EqLinear(cmap_dim, ch(res)))
-            self.blocks.append(ResBlock(ch(res), ch(res // 2)))
-            res //= 2
-        self.conv = EqConv(ch(4), ch(4), 3)
-        self.fc = EqLinear(ch(4) * 16, ch(4))
-        self.out = EqLinear(ch(4), cmap_dim)
+        self.from_rgb = EqConv(channels, min(width, max_width), 1)
+        self.affine, self.blocks = torch.nn.ModuleList(), torch.nn.ModuleList()
+        for cin, cout, down in plan:  # created in this order: a seed gives the same D as before depth existed
+            self.affine.append(EqLinear(cmap_dim, cin))
+            self.blocks.append(ResBlock(cin, cout, down))
+        self.conv = EqConv(c, c, 3)
+        self.fc = EqLinear(c * 16, c)
+        self.out = EqLinear(c, cmap_dim)
 
     def forward(self, x, c=None, sigma=None):
         sigma = sigma.to(torch.float32).reshape(-1)
@@ -193,7 +199,7 @@ RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=0.1), ratio=dict(dlr=2e-3, r1_gamm
                teacher=dict(dlr=1e-4, r1_gamma=0.1))
 
 
-def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1):
+def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1, depth=1):
     """train.py's D by its --disc name (projected, resnet, ratio, or teacher: on G's network), seeded, and a
     description of it."""
     torch.manual_seed(seed)
@@ -202,8 +208,8 @@ def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0,
         return ProjectedD(pair, label_dim, weights, seed), f'ProjectedD on {" + ".join(pair)}'
     if kind == 'teacher':
         return TeacherD.from_generator(G, sigma), f"TeacherD (G's starting encoder, trainable) at sigma {sigma:g}"
-    D = dict(resnet=ResNetD, ratio=RatioD)[kind](resolution, channels, label_dim, width)
-    return D, f'{type(D).__name__} width {width}' + (' (noise-conditioned)' if kind == 'ratio' else '')
+    D = dict(resnet=ResNetD, ratio=RatioD)[kind](resolution, channels, label_dim, width, depth=depth)
+    return D, f'{type(D).__name__} width {width} depth {depth}' + (' (noise-conditioned)' if kind == 'ratio' else '')
 
 
 def load_d(path):
@@ -414,17 +420,25 @@ def missing_backbones(names, weights=None):
     return [os.path.basename(ckpt.WEIGHTS[n]) for n in names if ckpt.find_weights(n, weights) is None]
 
 
-def choose(kinds, preferred, resolution, weights=None):
-    """train.py's --disc auto -> (kind, why): the loss's only D kind, else the preset's, else the projected D when its
-    backbone files are found (--weights, $D2O_WEIGHTS, the cache), else the ResNet D."""
+def choose(requested, loss, kinds, preferred, resolution, weights=None, log=print):
+    """train.py's --disc: one of the --loss's D kinds (kinds). auto (said why in log): the loss's only kind, else the
+    preset's, else the projected D when its backbone files are found (--weights, $D2O_WEIGHTS, the cache), else the
+    ResNet D."""
+    if requested != 'auto':
+        if requested not in kinds:
+            raise ValueError(f'--loss {loss} takes --disc {" or ".join(kinds)}, not {requested}')
+        return requested
     if len(kinds) == 1:
-        return kinds[0], 'the D of this --loss'
-    if preferred:
-        return preferred, 'the preset'
-    pair = backbones_for(resolution)
-    missing = missing_backbones(pair, weights)
-    return ('resnet', f'{", ".join(missing)} not given (--weights) nor in the cache; fetch them with `python ckpt.py '
-            f'--download {" ".join(pair)}`') if missing else ('projected', 'backbone files found')
+        kind, why = kinds[0], 'the D of this --loss'
+    elif preferred:
+        kind, why = preferred, 'the preset'
+    else:
+        pair = backbones_for(resolution)
+        missing = missing_backbones(pair, weights)
+        kind, why = ('resnet', f'{", ".join(missing)} not given (--weights) nor in the cache; fetch them with `python '
+                     f'ckpt.py --download {" ".join(pair)}`') if missing else ('projected', 'backbone files found')
+    log(f'--disc auto: {kind} ({why})')
+    return kind
 
 # ----------------------------------------------------------------------------------------------------------------
 # The projected discriminator.

@@ -392,7 +392,7 @@ class LoopFID:
     set. Without a detector it is off and says why; `history` holds (kimg, FID)."""
     def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print, weights=None, history=None):
         self.history = [tuple(kv) for kv in history or []]  # a resumed run's (kimg, FID) so far
-        self.num, self.device, self.rank, self.world = num, device, rank, world
+        self.num, self.device, self.rank, self.world, self.log = num, device, rank, world, log
         try:
             self.detector, self.off = load_detector(weights, device), None
         except (RuntimeError, ValueError) as e:  # no usable detector file: train without FID
@@ -410,6 +410,7 @@ class LoopFID:
         progress = ckpt.Progress(f'FID at {kimg:g} kimg', self.num, show=self.rank == 0)
         value = frechet_distance(*image_stats(images, self.detector, self.device, self.world, progress), self.ref_mu, self.ref_sigma)
         self.history.append((kimg, value))
+        self.log(f'FID {value:.2f} at {kimg:g} kimg ({self.num} images vs {self.ref_desc})', flush=True)
         return value
 
     def summary(self, first_what):
@@ -480,20 +481,18 @@ def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
 
 def main():
     # --count, not EDM's --num: torchrun takes --num for its own --numa-binding (it accepts abbreviations).
-    parser = ckpt.Parser(prog='fid.py', description="EDM-compatible FID with NVIDIA's Inception in plain PyTorch.", allow_abbrev=False)
+    parser = ckpt.Parser(prog='fid.py', description="EDM-compatible FID with NVIDIA's Inception in plain PyTorch.")
     commands = parser.add_subparsers(dest='cmd', required=True)
-    ref = commands.add_parser('ref', help='statistics of the images of a dataset -> npz (mu, sigma)', allow_abbrev=False)
+    ref = commands.add_parser('ref', help='statistics of the images of a dataset -> npz (mu, sigma)')
     ref.add_argument('--data', required=True, help='EDM zip or folder')
     ref.add_argument('--dest', required=True, help='output npz')
     ref.add_argument('--count', type=ckpt.number(int, 0), default=None, help='images used (default: all, as EDM)')
-    calc = commands.add_parser('calc', help='FID of generated images against reference statistics or a second image set',
-                               allow_abbrev=False)
+    calc = commands.add_parser('calc', help='FID of generated images against reference statistics or a second image set')
     calc.add_argument('--images', required=True, help='folder of PNGs, EDM zip, or npz pack (arr_0)')
     calc.add_argument('--ref', default=None, help='reference npz or a known name: ' + ', '.join(REFS))
     calc.add_argument('--images2', default=None, help='a second image set instead of --ref')
     calc.add_argument('--count', type=ckpt.number(int, 0), default=50000, help='images used (a seeded subset if there are more)')
-    spectrum = commands.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG',
-                                   allow_abbrev=False)
+    spectrum = commands.add_parser('spectrum', help='radially averaged power spectra of image sets -> CSV and PNG')
     spectrum.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
     spectrum.add_argument('--count', type=ckpt.number(int, 0), default=1000, help='images per set (first N)')
     spectrum.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')

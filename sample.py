@@ -240,7 +240,7 @@ def rank_batches(seeds, batch, rank, world):
 
 
 def main():
-    parser = ckpt.Parser(prog='sample.py', description='Sample images with per-seed determinism.', allow_abbrev=False)
+    parser = ckpt.Parser(prog='sample.py', description='Sample images with per-seed determinism.')
     parser.add_argument('--net', required=True, help='our checkpoint, EDM .pkl path/URL, or official EDM name')
     parser.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
     parser.add_argument('--class', dest='class_idx', type=ckpt.number(int, 0, inclusive=True), default=None, help='fixed class (conditional nets)')

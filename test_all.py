@@ -354,6 +354,18 @@ def test_ckpt_starting_net_teacher_random_and_errors(tiny, tmp_path):
         assert str(e.value).startswith(flag + ' ') and missing in str(e.value) and '\n' not in str(e.value)
 
 
+def test_ckpt_parser_one_line_errors_and_no_abbreviations(capsys):
+    """Every script's parser: a mistyped or shortened flag stops with one line naming it (argparse would otherwise
+    take --imag for --images, or --num for --num-steps)."""
+    parser = ckpt.Parser(prog='x.py')
+    parser.add_argument('--images')
+    assert parser.parse_args(['--images', 'a']).images == 'a'
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(['--imag', 'a'])
+    assert stop.value.code == 'error: unrecognized arguments: --imag a (python x.py --help lists the flags)'
+    assert capsys.readouterr().err == ''  # no usage block either
+
+
 def test_ckpt_offline_download_message(tmp_path, monkeypatch):
     monkeypatch.setenv('D2O_CACHE', str(tmp_path))
     monkeypatch.setattr(ckpt.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
@@ -555,6 +567,26 @@ def test_disc_ratio_d_conditioning_and_independence():
     assert not torch.allclose(D(x, c, sigma * 3)[0], d) and not torch.allclose(D(x, c.roll(1, 0), sigma)[0], d)
     d.sum().backward()
     assert x.grad.abs().sum() > 0 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.parameters())
+
+
+def test_disc_depth_adds_blocks_per_resolution():
+    """--ddepth N: N residual blocks per resolution in the ResNet and ratio Ds, the last of each halving it (at 16x16:
+    16, 16 -> 8, 8, 8 -> 4 with width 8: 8, 8 -> 16, 16, 16 -> 32 channels); depth 1 is the StyleGAN2 trunk of one
+    halving block per resolution; gradients reach every block."""
+    plan = lambda D: [(b.conv0.weight.shape[1], b.conv1.weight.shape[0], b.down) for b in D.blocks]
+    for make in (lambda depth: disc.ResNetD(16, 3, 4, 8, depth=depth), lambda depth: disc.RatioD(16, 3, 4, 8, depth=depth)):
+        assert plan(make(1)) == [(8, 16, True), (16, 32, True)]
+        assert plan(make(3)) == [(8, 8, False), (8, 8, False), (8, 16, True), (16, 16, False), (16, 16, False), (16, 32, True)]
+        D = make(2)
+        assert plan(D) == [(8, 8, False), (8, 16, True), (16, 16, False), (16, 32, True)]
+        assert D.init_kwargs['depth'] == 2 and type(D)(**D.init_kwargs).state_dict().keys() == D.state_dict().keys()
+        x = torch.randn(4, 3, 16, 16)
+        assert D.blocks[0](torch.randn(4, 8, 16, 16)).shape == (4, 8, 16, 16)  # a block that keeps the resolution
+        assert D.blocks[1](torch.randn(4, 8, 16, 16)).shape == (4, 16, 8, 8)
+        logits = D(x, torch.eye(4)) if isinstance(D, disc.ResNetD) else D(x, torch.eye(4), torch.ones(4))
+        assert logits[0].shape == (4, 1)
+        logits[0].sum().backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.blocks.parameters())
 
 
 def test_disc_teacher_d_is_the_encoder_at_its_noise_level(tiny, tmp_path):
@@ -1230,11 +1262,15 @@ def test_train_torchrun_two_ranks_past_r1_and_resume(tiny, tmp_path):
 
 
 def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
-    """--loss diffratio on 2 ranks (gloo) with 2 D steps, past an R1 step: every rank exits 0, the ranks agree at each
-    snapshot, and the result equals one process on the same global batch (noise levels drawn for the global batch)."""
-    flags = ('--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2', '--kimg', '0.032')
+    """--loss diffratio on 2 ranks (gloo) with 2 D steps and 2 D blocks per resolution, past an R1 step: every rank
+    exits 0, the ranks agree at each snapshot, and the result equals one process on the same global batch (noise levels
+    drawn for the global batch); the saved D keeps its depth."""
+    flags = ('--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2', '--kimg', '0.032', '--ddepth', '2')
     two = torchrun_train(tiny, tmp_path / 'two', *flags)
     assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
+    assert 'RatioD width 8 depth 2' in two.stdout
+    saved = disc.load_d(sorted(glob.glob(str(tmp_path / 'two' / 'disc-snapshot-*.pt')))[-1])
+    assert saved.init_kwargs['depth'] == 2 and len(saved.blocks) == 2 * int(math.log2(saved.resolution // 4))
     one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
     a = newest_state(tmp_path / 'two')
     for key in ('G', 'G_ema', 'D'):
@@ -1379,7 +1415,7 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     before = files_digest(run)
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
-                             ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8')):
+                             ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
@@ -1810,6 +1846,37 @@ def test_data_toy_deterministic_and_roundtrip(tmp_path):
         assert z.namelist()[:2] == ['00000/img00000000.png', '00000/img00000001.png']
         assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
         assert json.loads(z.read('dataset.json'))['labels'][1] == ['00000/img00000001.png', labels[1]]
+
+
+def test_data_toy_path_writes_the_toy_world_once(tmp_path, monkeypatch):
+    """toy_path(log=...) writes the default toy world where train.py and toy_table.py look, once, saying so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, 'make_toy', functools.partial(data.make_toy, n=12))  # 12 images, not 20,000
+    messages = []
+    assert data.toy_path(8) == os.path.join('datasets', 'toy-8x8.zip') and not os.path.exists('datasets')  # no log: a name
+    path = data.toy_path(8, log=messages.append)
+    assert path == os.path.join('datasets', 'toy-8x8.zip') and len(messages) == 1 and path in messages[0]
+    data.toy_path(8, log=messages.append)
+    assert len(messages) == 1  # the second call finds it
+    expected = data.make_toy(str(tmp_path / 'expected.zip'), resolution=8)
+    assert open(path, 'rb').read() == open(expected, 'rb').read()
+
+
+def test_data_check_network_refuses_other_images(tmp_path):
+    """A network that makes other images than the dataset holds is refused in one line naming both; when the labels
+    were turned off (train.py --cond 0) while the network has them, the line says so."""
+    path = data.make_toy(str(tmp_path / 'toy.zip'), n=8, resolution=8)
+    net = types.SimpleNamespace(img_channels=3, img_resolution=8, label_dim=4)
+    data.ImageDataset(path).check_network(net, 'net.pt')  # matches: no error
+    for dataset, other, words in [(data.ImageDataset(path), dict(img_resolution=16), ['3x16x16', '3x8x8']),
+                                  (data.ImageDataset(path), dict(label_dim=0), ['label_dim 0', 'label_dim 4']),
+                                  (data.ImageDataset(path, use_labels=False), {}, ['--cond 0 turned its labels off'])]:
+        with pytest.raises(data.DatasetError) as error:
+            dataset.check_network(types.SimpleNamespace(**vars(net) | other), 'net.pt')
+        message = str(error.value)
+        assert '\n' not in message and 'net.pt' in message and path in message and 'Pick matching' in message
+        assert all(word in message for word in words), message
+        assert ('turned its labels off' in message) == (not dataset.use_labels)
 
 
 def test_data_sampler_ranks_and_resume():

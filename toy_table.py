@@ -170,9 +170,7 @@ def main(argv=None):
         parser.error(f'--runs {unknown[0]!r} is not a run' if unknown else '--runs must include d2o (every row is also '
                      'measured against it)')
     os.makedirs(args.out, exist_ok=True)
-    path = data.toy_path(16)
-    if not os.path.exists(path):
-        data.make_toy(path)
+    path = data.toy_path(16, log=print)
     dataset = data.ImageDataset(path)
     detector = fid.load_detector()
     ref = fid.dataset_stats(path, dataset, detector, 'cpu', num=args.ref_num)[:2]

@@ -7,11 +7,10 @@
     torchrun --standalone --nproc_per_node=8 train.py --data imagenet64
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py --data cifar10
 
-Each iteration of --loss d2o: a G step (non-saturating loss on fresh z), a D step (fresh z, fakes from the
-just-updated G, the real batch), and every 16 iterations a lazy R1 step on reals. Each --loss is one iteration
-function in loss.py; --loss edm trains the denoiser itself with EDM's loss. Progress is counted in images (kimg).
-A run directory holds metrics.jsonl, sample grids, G_ema snapshots and the newest two training states (ckpt.py);
-running the same command again continues exactly from the newest good state.
+Each iteration of --loss d2o: a G step (non-saturating loss on fresh z), a D step (fresh z, fakes from the just-updated
+G, the real batch), and every 16 iterations a lazy R1 step on reals. Each --loss is one iteration function in loss.py
+(--loss edm: EDM's loss on the denoiser itself). Progress is counted in images (kimg). A run directory holds
+metrics.jsonl, grids, G_ema snapshots and the newest two training states; the same command again continues exactly.
 """
 
 import contextlib
@@ -34,10 +33,8 @@ import loss
 import sample
 import unet
 
-# Per-dataset recipes (the official D2O code's train.sh; dlr and r1_gamma are the projected D's). Its losses sum over
-# the per-GPU batch (64 images; 128 on ImageNet) while R1 is a batch mean, so R1's effective weight is gamma / B_gpu
-# against a per-sample GAN loss. Ours are batch means (the balance no longer depends on the GPU count), so
-# r1_gamma = 1e-4 / B_gpu of the official run.
+# Per-dataset recipes: the official D2O code's train.sh (dlr, r1_gamma: the projected D's). Its GAN losses sum over the
+# per-GPU batch (64; ImageNet 128) while R1 is a batch mean; ours are batch means, so r1_gamma = 1e-4 / B_gpu of theirs.
 PRESETS = {
     'cifar10': dict(data='datasets/cifar10-32x32.zip', init='edm-cifar10-32x32-uncond-ve',
                     lr=1e-4, dlr=1e-4, batch=256, kimg=5000, r1_gamma=1e-4 / 64, ema=500),
@@ -60,8 +57,7 @@ EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's 
 
 POSITIVE, POSITIVE_INT = ckpt.number(float, 0), ckpt.number(int, 0)
 NONNEG, NONNEG_INT = ckpt.number(float, 0, inclusive=True), ckpt.number(int, 0, inclusive=True)
-parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.',
-                     allow_abbrev=False)
+parser = ckpt.Parser(prog='train.py', description='D2O / D2O-F GAN fine-tuning of EDM models, and EDM pretraining.')
 flag = parser.add_argument
 flag('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
 flag('--cond', type=int, default=None, choices=[0, 1], help='use labels (default: if the net has them)')
@@ -91,6 +87,7 @@ flag('--dsigma', type=POSITIVE, default=0.1, help='--disc teacher: the noise lev
 flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files of the backbone and FID detector '
      'weights, comma-separated (also $D2O_WEIGHTS)')
 flag('--dwidth', type=POSITIVE_INT, default=None, help='ResNet / ratio D channels at full resolution')
+flag('--ddepth', type=POSITIVE_INT, default=1, help='ResNet / ratio D residual blocks per resolution')
 flag('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute (default GPU bf16, CPU fp32)')
 flag('--compile', action='store_true', help="torch.compile G's and D's forward (not R1's)")
 flag('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
@@ -103,10 +100,9 @@ flag('--fid-every', type=NONNEG, default=0, help='FID every this many kimg (0: o
 flag('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID)')
 flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
 
-# What a run is: a resume refuses another value. Flags that may change mid-run take effect when typed again;
-# batch_gpu, precision, compile, weights, rundir and resume belong to the session.
-FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'dsigma',
-         'seed')
+# A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
+FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'ddepth',
+         'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -129,6 +125,8 @@ def resolve_flags(argv, world, device, log):
         setattr(args, k, recipe[k] if getattr(args, k) is None else getattr(args, k))
     if args.init is None:
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
+    if args.reinit and args.init == 'random':
+        sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
     args.batch_gpu = args.batch_gpu or args.batch // world
     if args.batch % world or (args.batch // world) % args.batch_gpu:
         sys.exit(f'error: --batch {args.batch} must split into {world} GPUs x whole micro-batches of '
@@ -138,34 +136,16 @@ def resolve_flags(argv, world, device, log):
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
 
-def build_net(args, preset, log):
-    """The network to train, as our EDM preconditioner, plus a note of where it came from."""
-    if args.reinit and args.init == 'random':
-        sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
-    try:
-        net, source = ckpt.starting_net(args.init, args.arch or preset.get('init'), args.seed)
-    except ValueError as e:
-        sys.exit(f'error: {e}')
-    if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
-        freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
-        source += f' with --reinit {args.reinit}'
-    return net, source
-
-
 def build_d(args, preset, dataset, G, log):
     """The discriminator and a description of it, with its kind's own --dlr and --r1-gamma unless given."""
-    kinds = loss.LOSSES[args.loss][2]
-    if args.disc not in ('auto', *kinds):
-        sys.exit(f'error: --loss {args.loss} takes --disc {" or ".join(kinds)}, not {args.disc}')
-    if args.disc == 'auto':
-        args.disc, why = disc.choose(kinds, preset.get('disc'), dataset.resolution, args.weights)
-        log(f'--disc auto: {args.disc} ({why})')
-    recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
-    args.dlr = args.dlr or recipe['dlr']
-    args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
     try:
+        args.disc = disc.choose(args.disc, args.loss, loss.LOSSES[args.loss][2], preset.get('disc'), dataset.resolution,
+                                args.weights, log)
+        recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
+        args.dlr = args.dlr or recipe['dlr']
+        args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
         return disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth,
-                          args.weights, args.seed, G, args.dsigma)
+                          args.weights, args.seed, G, args.dsigma, args.ddepth)
     except (RuntimeError, ValueError) as e:
         sys.exit(f'error: {e}')
 
@@ -184,8 +164,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
         D, run.d_desc = build_d(args, preset, dataset, run.G, log)
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
-        lazy = args.r1_interval / (args.r1_interval + 1)  # lazy R1's lr/beta2 correction
-        run.opt_D = torch.optim.Adam(run.d_params, lr=args.dlr * lazy, betas=(0.0, 0.99 ** lazy), eps=1e-8)
+        run.opt_D = torch.optim.Adam(run.d_params, betas=(0.0, 0.99), eps=1e-8)  # lr, beta2: set_rates (lazy R1)
         run.D_fast = torch.compile(run.D) if args.compile else run.D  # R1's double backward runs D eagerly
         run.D_ddp = ddp(loss.DObjective(run.D, run.D_fast))
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
@@ -193,18 +172,13 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
     run.g_params = [param for param in run.G.parameters() if param.requires_grad]
     run.G_ddp = torch.compile(ddp(run.G)) if args.compile else ddp(run.G)
-    betas = (0.0, 0.99) if run.D is not None else EDM_LOSS['betas']
-    run.opt_G = torch.optim.Adam(run.g_params, lr=args.lr, betas=betas, eps=1e-8)
+    run.opt_G = torch.optim.Adam(run.g_params, betas=(0.0, 0.99) if run.D is not None else EDM_LOSS['betas'], eps=1e-8)
     amp_dtype, amp = torch.bfloat16 if args.precision == 'bf16' else torch.float16, args.precision != 'fp32'
     run.autocast = lambda: torch.autocast(device.type, amp_dtype) if amp else contextlib.nullcontext()
     run.scalers = {stage: torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16') for stage in 'GD'}
+    run.parts = dict(G=run.G, G_ema=run.G_ema, opt_G=run.opt_G, scaler_G=run.scalers['G'], scaler_D=run.scalers['D'])
+    run.parts |= dict(D=run.D, opt_D=run.opt_D) if run.D is not None else {}  # what a state holds besides counters
     return run
-
-
-def saved_parts(run):
-    """What a training state holds besides counters and flags: weights, optimizer moments, loss scalers."""
-    parts = dict(G=run.G, G_ema=run.G_ema, opt_G=run.opt_G, scaler_G=run.scalers['G'], scaler_D=run.scalers['D'])
-    return parts | dict(D=run.D, opt_D=run.opt_D) if run.D is not None else parts
 
 
 def set_rates(run):
@@ -216,13 +190,13 @@ def set_rates(run):
         group['lr'], group['betas'] = args.dlr * lazy, (0.0, 0.99 ** lazy)
 
 
+@torch.no_grad()
 def ema_update(G_ema, G, args, nimg):
     """EMA with a half-life in images, at most ema_rampup of the images seen before this batch."""
     half_life = min(args.ema * 1000, args.ema_rampup * nimg) if args.ema_rampup else args.ema * 1000
     beta = 0.5 ** (args.batch / max(half_life, 1e-8))
-    with torch.no_grad():
-        for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-            p_ema.lerp_(p.detach(), 1 - beta)
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p, 1 - beta)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Snapshots: grid, G_ema checkpoint, FID and training state.
@@ -239,9 +213,7 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     args, nimg = run.args, run.nimg
     method = sample.Sampler(run.G_ema, 'generator' if run.kind == 'generator' else 'heun', num_steps=18)
     due = loop_fid and (final or nimg == 0 or (args.fid_every and crossed(run, args.fid_every)))
-    fid_value = loop_fid(method, nimg / 1000) if due else None
-    if fid_value is not None:
-        log(f'FID {fid_value:.2f} at {nimg / 1000:g} kimg ({args.fid_num} images vs {loop_fid.ref_desc})', flush=True)
+    fid_value = loop_fid(method, nimg / 1000) if due else None  # and says it in log
     if run.world > 1:
         sample.check_ranks_agree(dict(G=run.G, D=run.D) if run.D is not None else dict(G=run.G), log)
     if run.rank != 0:
@@ -255,11 +227,9 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     ckpt.save_snapshot(args.rundir, nimg, run.G_ema, verifier, best, **meta)
     if line is not None:
         ckpt.append_metrics(args.rundir, dict(line, fid=fid_value))
-    ckpt.save_state(ckpt.state_dicts(saved_parts(run), nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
+    ckpt.save_state(ckpt.state_dicts(run.parts, nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
                                      fid_history=loop_fid.history if loop_fid else []), args.rundir, kept)
 
-
-# ------------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     with sample.distributed() as (rank, world, device):
@@ -271,37 +241,38 @@ def main(argv=None):
         run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
         loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,
                                args.weights, history=state and state.get('fid_history')) if args.fid_num else None
-        here = state and os.path.dirname(os.path.abspath(state_path)) == os.path.abspath(args.rundir)
-        kept = [state_path] if here else []  # states of this run directory are pruned to the newest two
+        kept = ckpt.kept_states(state_path, args.rundir)  # this run directory's states, pruned to the newest two
         del state  # loaded: do not hold a second copy of every tensor through the run
         train(run, dataset, loop_fid, kept, log)
         if loop_fid and (loop_fid.off or loop_fid.history):
-            raw = "the teacher's raw one-step output D(80z; 80)"
-            log(loop_fid.summary(raw if run.D is not None else 'the network'))
+            start = "the teacher's raw one-step output D(80z; 80)" if run.kind == 'generator' else 'the network'
+            log(loop_fid.summary(start))
         log(f'done: {run.nimg / 1000:g} kimg in {args.rundir}')
 
 
 def setup(args, preset, state, state_path, changes, rank, world, device, log):
     """The dataset and the run (networks, optimizers, a loaded state); then, and only then, the run directory."""
-    path = preset['data']
-    if args.data == 'toy' and not os.path.exists(path) and rank == 0:
-        log(f'writing the toy world to {path} (once) ...')
-        data.make_toy(path)
+    path = data.toy_path(16, log) if args.data == 'toy' and rank == 0 else preset['data']
     if world > 1:
         torch.distributed.barrier()
-    net, source = build_net(args, preset, log)
+    try:  # the network to train, as our EDM preconditioner, and where it came from
+        net, source = ckpt.starting_net(args.init, args.arch or preset.get('init'), args.seed)
+    except ValueError as e:
+        sys.exit(f'error: {e}')
+    if args.reinit:  # the initialisation study: a part of the teacher re-initialised, the rest kept
+        freeze.reinit(net, args.reinit, args.seed, verbose=log is print)
+        source += f' with --reinit {args.reinit}'
     if args.cond is None:
         args.cond = int(net.label_dim > 0)
         log(f'--cond {args.cond}: the network has label_dim {net.label_dim}')
     try:
         dataset = data.ImageDataset(path, use_labels=bool(args.cond))
-        hint = ' (--cond 0 turned its labels off)' if not args.cond and net.label_dim else ''
-        dataset.check_network(net, source, hint)
+        dataset.check_network(net, source)
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
     run = build_run(args, preset, net, source, dataset, rank, world, device, log)
     if state:
-        ckpt.load_state_dicts(saved_parts(run), state)
+        ckpt.load_state_dicts(run.parts, state)
         run.nimg, run.it = state['nimg'], state['it']
         changed = f'; changed: {", ".join(changes)}' if changes else ''
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
@@ -310,9 +281,8 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
     method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')
     method += {0: '', 1: ' with D2O-F freezing'}.get(args.freeze, f' with --freeze {args.freeze}')
     log(f'{method} of {run.source} on {path} ({len(dataset)} {dataset.describe()})')
-    d_params = sum(param.numel() for param in run.d_params)
-    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; ' +
-        (f'D: {run.d_desc}, {d_params:,} trainable parameters; ' if run.D is not None else '') +
+    log(f'G: {run.total:,} parameters, {run.total - run.frozen:,} trainable; ' + (f'D: {run.d_desc}, '
+        f'{sum(param.numel() for param in run.d_params):,} trainable parameters; ' if run.D is not None else '') +
         f'batch {args.batch} = {world} GPU(s) x {run.accum} x {args.batch_gpu}; {args.precision} on {device.type}; '
         f'run dir {args.rundir}')
     return run, dataset
