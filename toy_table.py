@@ -4,6 +4,7 @@
     python toy_table.py --kimg 40 --num 500     # the GAN budget per run, and the images per FID
     python toy_table.py --jobs 3                # three GAN runs at once (default: one per CPU core)
     python toy_table.py --kimg 10 --runs d2o,diffratio-rkl,diffratio-js --out results/toy-10kimg   # some of the runs
+    python toy_table.py --study results/toy-study --curves base-s0,base-s1   # summarise the D2O study's probes
 
 Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of --num samples against the statistics
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
@@ -17,6 +18,10 @@ of --ref-num real toy images; small N biases FID upwards, fine for comparisons w
   to the data; radially averaged power spectra of real images, the raw one-step output and D2O (CSV + PNG);
   FID against kimg of D2O and both DiffRatio forms, evaluated every --fid-every kimg in the runs (fid-curve.csv/png).
 Outputs go to --out (table.md, grids, spectrum.csv/png, fid-curve.csv/png, the runs).
+
+--study DIR tabulates train.py runs in DIR/NAME-sSEED (made with --fid-every; NAME "base" is the preset) instead:
+each probe's flags that differ from the base run's, its FIDs per seed and their mean -> DIR/study.md, and FID against
+kimg of the runs named in --curves -> DIR/fid-curve.csv/png.
 """
 
 import json
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 import ckpt
@@ -46,6 +52,11 @@ parser.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=
 parser.add_argument('--runs', default=None, help='comma-separated GAN runs to train and tabulate (default: all of RUNS)')
 parser.add_argument('--fid-every', type=ckpt.number(float, 0, inclusive=True), default=5,
                     help='kimg between the FIDs of the curves (0: no curves)')
+parser.add_argument('--study', default=None, help='a folder of study runs (NAME-sSEED) to summarise instead')
+parser.add_argument('--curves', default='', help='--study: comma-separated runs whose FID curves to draw')
+# Options of a study run that do not change what it trains (or are in the table's own columns)
+NOT_PROBED = ('rundir', 'resume', 'seed', 'kimg', 'tick', 'snap', 'fid_every', 'batch_gpu', 'precision', 'compile',
+              'weights', 'world', 'source')
 
 # The GAN runs: (key, train.py flags, with an FID curve?)
 RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('random', ['--init', 'random', '--arch', 'TEACHER'], False),
@@ -113,6 +124,41 @@ def write_fid_curves(out, keys):
     fid.plot_lines(curves, os.path.join(out, 'fid-curve.png'), 'kimg ->', 'FID')
 
 
+def study(out, curves):
+    """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5 and 10 kimg and at its
+    last evaluation, per seed and as the mean of the seeds."""
+    probes = {}
+    for name in sorted(os.listdir(out)):
+        probe, _, seed = name.rpartition('-s')
+        if os.path.isdir(os.path.join(out, name)) and probe and seed.isdigit():
+            _, state = ckpt.newest_state(os.path.join(out, name), print)
+            if state and state['fid_history']:
+                probes.setdefault(probe, {})[int(seed)] = (state['args'], {round(k): v for k, v in state['fid_history']})
+    if 'base' not in probes:
+        sys.exit(f'error: --study {out} holds no base-sSEED run (the preset) to compare the probes with')
+    base_args = next(iter(probes['base'].values()))[0]
+    cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
+    mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
+        if all(kimg in fids for _, fids in runs.values()) else '-'
+    table = ['| probe | flags (vs base) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | last (kimg: FID per seed) |',
+             '|---|---|---|---|---|---|---|']
+    for probe, runs in sorted(probes.items(), key=lambda item: (item[0] != 'base', item[0])):
+        options = next(iter(runs.values()))[0]
+        flags = ' '.join(f'--{k.replace("_", "-")} {options[k]:g}' if isinstance(options[k], float) else
+                         f'--{k.replace("_", "-")} {options[k]}' for k in options
+                         if k not in NOT_PROBED and options[k] != base_args.get(k))
+        last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in runs.values())
+        table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, runs))} | {cell(runs, 5)} | '
+                     f'{cell(runs, 10)} | {mean(runs, 10)} | {last} |')
+    text = '\n'.join([f'The toy D2O study: runs in {out}, FID of {base_args["fid_num"]} samples vs {base_args["fid_ref"]} '
+                      'real images, per seed (a / b) and the mean of the seeds.', '', *table])
+    with open(os.path.join(out, 'study.md'), 'w') as f:
+        f.write(text + '\n')
+    print(text)
+    if curves:
+        write_fid_curves(out, {name: name for name in curves})
+
+
 def table_rows(args, runs):
     """(slug, name, sampler) of every row but the real images, in table order; rows of runs not trained are left out."""
     teacher = ckpt.load_edm(args.teacher)
@@ -164,6 +210,8 @@ def measure(args, rows, dataset, detector, ref):
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    if args.study:
+        return study(args.study, [name for name in args.curves.split(',') if name])
     args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
     unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
     if unknown or 'd2o' not in args.runs:
