@@ -213,7 +213,7 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     args, nimg = run.args, run.nimg
     method = sample.Sampler(run.G_ema, 'generator' if run.kind == 'generator' else 'heun', num_steps=18)
     due = loop_fid and (final or nimg == 0 or (args.fid_every and crossed(run, args.fid_every)))
-    fid_value = loop_fid(method, nimg / 1000) if due else None  # and says it in log
+    fid_value = loop_fid(method, nimg / 1000) if due else None  # LoopFID prints the value
     if run.world > 1:
         sample.check_ranks_agree(dict(G=run.G, D=run.D) if run.D is not None else dict(G=run.G), log)
     if run.rank != 0:

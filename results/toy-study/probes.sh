@@ -1,0 +1,21 @@
+#!/bin/sh
+# The toy D2O study (issue #15): every run behind results/toy-study/study.md, from the project root. Each probe is the
+# toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
+# thread per run, several at once (a run is bit-identical to the same run alone on the same host). Then:
+#     python toy_table.py --study results/toy-study --curves long-base-s0
+out=results/toy-study
+probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
+    name=$1; seed=$2; kimg=$3; shift 3
+    OMP_NUM_THREADS=1 python train.py --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" --rundir "$out/$name-s$seed" \
+        >> "$out/$name-s$seed.log" 2>&1
+}
+# 10-kimg probes, four at a time (each holds ~2 GB)
+probe base 0 10 & probe base 1 10 & probe dlr5e-4 0 10 --dlr 5e-4 & probe dlr5e-3 0 10 --dlr 5e-3 & wait
+probe lr3e-4 0 10 --lr 3e-4 & probe dw128 0 10 --dwidth 128 & probe ddepth2 0 10 --ddepth 2 & probe dsteps2 0 10 --d-steps 2 & wait
+probe r1g0.01 0 10 --r1-gamma 0.01 & probe r1g0.01 1 10 --r1-gamma 0.01 & probe batch8 0 10 --batch 8 & probe batch8 1 10 --batch 8 & wait
+probe ema0 0 10 --ema 0 & probe ema0 1 10 --ema 0 & wait  # G itself: EMA does not change the training, so vs base = EMA's worth
+# The preset's curve to 200 kimg: results/toy-40kimg/d2o (toy_table.py --kimg 40, seed 0: the preset with FID every
+# 5 kimg) continued; snapshots every 5 kimg
+mkdir -p $out/long-base-s0 && cp results/toy-40kimg/d2o/options.json results/toy-40kimg/d2o/metrics.jsonl \
+    results/toy-40kimg/d2o/training-state-000040000.pt $out/long-base-s0/
+OMP_NUM_THREADS=1 python train.py --kimg 200 --fid-every 5 --snap 5 --rundir $out/long-base-s0 >> $out/long-base-s0.log 2>&1
