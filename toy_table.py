@@ -39,6 +39,7 @@ import disc
 import fid
 import freeze
 import sample
+import train
 import unet
 
 parser = ckpt.Parser(prog='toy_table.py', description='Regenerate the toy replication table.')
@@ -136,7 +137,7 @@ def study(out, curves):
                 probes.setdefault(probe, {})[int(seed)] = (state['args'], {round(k): v for k, v in state['fid_history']})
     if 'base' not in probes:
         sys.exit(f'error: --study {out} holds no base-sSEED run (the preset) to compare the probes with')
-    base_args = next(iter(probes['base'].values()))[0]
+    base_args = next(iter(probes['base'].values()))[0]  # a flag it lacks (older than the flag): the flag's default
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
         if all(kimg in fids for _, fids in runs.values()) else '-'
@@ -146,7 +147,7 @@ def study(out, curves):
         options = next(iter(runs.values()))[0]
         flags = ' '.join(f'--{k.replace("_", "-")} {options[k]:g}' if isinstance(options[k], float) else
                          f'--{k.replace("_", "-")} {options[k]}' for k in options
-                         if k not in NOT_PROBED and options[k] != base_args.get(k))
+                         if k not in NOT_PROBED and options[k] != base_args.get(k, train.parser.get_default(k)))
         last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in runs.values())
         table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, runs))} | {cell(runs, 5)} | '
                      f'{cell(runs, 10)} | {mean(runs, 10)} | {last} |')

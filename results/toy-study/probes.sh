@@ -6,8 +6,9 @@
 out=results/toy-study
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
+    mkdir -p "$out/$name-s$seed"
     OMP_NUM_THREADS=1 python train.py --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" --rundir "$out/$name-s$seed" \
-        >> "$out/$name-s$seed.log" 2>&1
+        >> "$out/$name-s$seed/log.txt" 2>&1
 }
 # 10-kimg probes, four at a time (each holds ~2 GB)
 probe base 0 10 & probe base 1 10 & probe dlr5e-4 0 10 --dlr 5e-4 & probe dlr5e-3 0 10 --dlr 5e-3 & wait
@@ -18,4 +19,4 @@ probe ema0 0 10 --ema 0 & probe ema0 1 10 --ema 0 & wait  # G itself: EMA does n
 # 5 kimg) continued; snapshots every 5 kimg
 mkdir -p $out/long-base-s0 && cp results/toy-40kimg/d2o/options.json results/toy-40kimg/d2o/metrics.jsonl \
     results/toy-40kimg/d2o/training-state-000040000.pt $out/long-base-s0/
-OMP_NUM_THREADS=1 python train.py --kimg 200 --fid-every 5 --snap 5 --rundir $out/long-base-s0 >> $out/long-base-s0.log 2>&1
+OMP_NUM_THREADS=1 python train.py --kimg 200 --fid-every 5 --snap 5 --rundir $out/long-base-s0 >> $out/long-base-s0/log.txt 2>&1
