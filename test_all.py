@@ -2235,6 +2235,8 @@ def test_toy_table_study_summary(tmp_path, capsys):
     curves = open(tmp_path / 'fid-curve.csv').read().splitlines()
     assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,15.008,140.00' in curves and len(curves) == 1 + 3 + 3
     assert os.path.getsize(tmp_path / 'fid-curve.png') > 0
+    with pytest.raises(SystemExit, match='--curves base-s2 is not a run of .* pick from base-s0, base-s1, dlr5e-3-s0'):
+        toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,base-s2'])
     os.rename(tmp_path / 'base-s0', tmp_path / 'other-s0')
     os.rename(tmp_path / 'base-s1', tmp_path / 'other-s1')
     with pytest.raises(SystemExit, match='holds no base-sSEED run'):

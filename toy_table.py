@@ -128,15 +128,19 @@ def write_fid_curves(out, keys):
 def study(out, curves):
     """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5 and 10 kimg and at its
     last evaluation, per seed and as the mean of the seeds."""
-    probes = {}
+    probes, names = {}, []
     for name in sorted(os.listdir(out)):
         probe, _, seed = name.rpartition('-s')
         if os.path.isdir(os.path.join(out, name)) and probe and seed.isdigit():
             _, state = ckpt.newest_state(os.path.join(out, name), print)
             if state and state['fid_history']:
                 probes.setdefault(probe, {})[int(seed)] = (state['args'], {round(k): v for k, v in state['fid_history']})
+                names.append(name)
     if 'base' not in probes:
         sys.exit(f'error: --study {out} holds no base-sSEED run (the preset) to compare the probes with')
+    if set(curves) - set(names):
+        sys.exit(f'error: --curves {sorted(set(curves) - set(names))[0]} is not a run of {out} with FIDs; pick from '
+                 f'{", ".join(names)}')
     base_args = next(iter(probes['base'].values()))[0]  # a flag it lacks (older than the flag): the flag's default
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
