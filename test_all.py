@@ -2219,7 +2219,7 @@ def test_toy_table_study_summary(tmp_path, capsys):
     args = dict(lr=1e-4, dlr=2e-3, r1_gamma=0.1, batch=16, disc='resnet', seed=0, kimg=10, rundir='x', fid_num=500,
                 fid_ref=1000)
     runs = {'base-s0': ({}, [(0, 310.0), (5.008, 210.0), (10, 176.0)]), 'base-s1': ({'seed': 1}, [(5.008, 200.0), (10, 172.0)]),
-            'dlr5e-3-s0': ({'dlr': 5e-3, 'rundir': 'y', 'ddepth': 1}, [(5.008, 190.0), (10, 150.0), (15.008, 140.0)]),
+            'dlr5e-3-s0': ({'dlr': 5e-3, 'rundir': 'y', 'ddepth': 1}, [(5.008, 190.0), (10, 150.0), (40, 130.0), (45.008, 140.0)]),
             'notes': None}
     for name, run in runs.items():
         os.makedirs(tmp_path / name)
@@ -2228,12 +2228,12 @@ def test_toy_table_study_summary(tmp_path, capsys):
             ckpt.save_state(state, str(tmp_path / name), [])
     toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,dlr5e-3-s0'])
     rows = [line for line in open(tmp_path / 'study.md') if line.startswith('| ')]
-    assert rows[1] == '| base | (the preset) | 0, 1 | 210.0 / 200.0 | 176.0 / 172.0 | 174.0 | 10: 176.0, 10: 172.0 |\n'
+    assert rows[1] == '| base | (the preset) | 0, 1 | 210.0 / 200.0 | 176.0 / 172.0 | 174.0 | - / - | 10: 176.0, 10: 172.0 |\n'
     # rundir is not a probe; ddepth 1 is the default of a flag the base run predates
-    assert rows[2] == '| dlr5e-3 | --dlr 0.005 | 0 | 190.0 | 150.0 | 150.0 | 15: 140.0 |\n'
+    assert rows[2] == '| dlr5e-3 | --dlr 0.005 | 0 | 190.0 | 150.0 | 150.0 | 130.0 | 45: 140.0 |\n'
     assert len(rows) == 3 and 'study.md' not in capsys.readouterr().err
     curves = open(tmp_path / 'fid-curve.csv').read().splitlines()
-    assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,15.008,140.00' in curves and len(curves) == 1 + 3 + 3
+    assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,45.008,140.00' in curves and len(curves) == 1 + 3 + 4
     assert os.path.getsize(tmp_path / 'fid-curve.png') > 0
     with pytest.raises(SystemExit, match='--curves base-s2 is not a run of .* pick from base-s0, base-s1, dlr5e-3-s0'):
         toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,base-s2'])

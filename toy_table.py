@@ -126,8 +126,8 @@ def write_fid_curves(out, keys):
 
 
 def study(out, curves):
-    """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5 and 10 kimg and at its
-    last evaluation, per seed and as the mean of the seeds."""
+    """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5, 10 and 40 kimg (the
+    targets' budget) and at its last evaluation, per seed, and the mean of the seeds at 10 kimg."""
     probes, names = {}, []
     for name in sorted(os.listdir(out)):
         probe, _, seed = name.rpartition('-s')
@@ -145,8 +145,9 @@ def study(out, curves):
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
         if all(kimg in fids for _, fids in runs.values()) else '-'
-    table = ['| probe | flags (vs base) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | last (kimg: FID per seed) |',
-             '|---|---|---|---|---|---|---|']
+    table = ['| probe | flags (vs base) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | at 40 kimg | '
+             'last (kimg: FID per seed) |',
+             '|---|---|---|---|---|---|---|---|']
     for probe, runs in sorted(probes.items(), key=lambda item: (item[0] != 'base', item[0])):
         options = next(iter(runs.values()))[0]
         flags = ' '.join(f'--{k.replace("_", "-")} {options[k]:g}' if isinstance(options[k], float) else
@@ -154,7 +155,7 @@ def study(out, curves):
                          if k not in NOT_PROBED and options[k] != base_args.get(k, train.parser.get_default(k)))
         last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in runs.values())
         table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, runs))} | {cell(runs, 5)} | '
-                     f'{cell(runs, 10)} | {mean(runs, 10)} | {last} |')
+                     f'{cell(runs, 10)} | {mean(runs, 10)} | {cell(runs, 40)} | {last} |')
     text = '\n'.join([f'The toy D2O study: runs in {out}, FID of {base_args["fid_num"]} samples vs {base_args["fid_ref"]} '
                       'real images, per seed (a / b) and the mean of the seeds.', '', *table])
     with open(os.path.join(out, 'study.md'), 'w') as f:

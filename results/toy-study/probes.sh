@@ -2,7 +2,7 @@
 # The toy D2O study (issue #15): every run behind results/toy-study/study.md, from the project root. Each probe is the
 # toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
 # thread per run, several at once (a run is bit-identical to the same run alone on the same host). Then:
-#     python toy_table.py --study results/toy-study --curves long-base-s0
+#     python toy_table.py --study results/toy-study --curves long-base-s0,r1g0.01-s0
 out=results/toy-study
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
@@ -19,4 +19,21 @@ probe ema0 0 10 --ema 0 & probe ema0 1 10 --ema 0 & wait  # G itself: EMA does n
 # 5 kimg) continued; snapshots every 5 kimg
 mkdir -p $out/long-base-s0 && cp results/toy-40kimg/d2o/options.json results/toy-40kimg/d2o/metrics.jsonl \
     results/toy-40kimg/d2o/training-state-000040000.pt $out/long-base-s0/
-OMP_NUM_THREADS=1 python train.py --kimg 200 --fid-every 5 --snap 5 --rundir $out/long-base-s0 >> $out/long-base-s0/log.txt 2>&1
+long_base() { OMP_NUM_THREADS=1 python train.py --kimg "$1" --fid-every 5 --snap 5 --rundir $out/long-base-s0 \
+    >> $out/long-base-s0/log.txt 2>&1; }
+long_base 80
+# EMA beyond 10 kimg: FID of G itself from a training state (EMA does not change training, so this is the --ema 0
+# run's G), with G's weights put into the G_ema snapshot of the same kimg -> ema-vs-g.txt
+fid_of_g() {  # RUNDIR NIMG(9 digits): the state's G as $out/g.pt, 500 samples as $out/g.npz, its FID
+    python -c "import sys, ckpt; state = ckpt.read_state(sys.argv[1]); net, meta = ckpt.read_checkpoint(sys.argv[2])
+net.load_state_dict(state['G']); ckpt.save_checkpoint(sys.argv[3], net, **meta)" \
+        "$1/training-state-$2.pt" "$1/network-snapshot-$2.pt" $out/g.pt
+    python sample.py --net $out/g.pt --seeds 0-499 --npz $out/g.npz >/dev/null
+    echo "$1 at $2 images, G itself: $(python fid.py calc --images $out/g.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz \
+        --count 500 | tail -1)"; rm $out/g.pt $out/g.npz
+}
+{ fid_of_g results/toy-40kimg/d2o 000040000; fid_of_g results/toy-40kimg-s1/d2o 000040000
+  fid_of_g $out/long-base-s0 000080000; } > $out/ema-vs-g.txt
+long_base 200
+# The best variant's curve: R1 gamma 0.01 (both seeds below the base at 10 kimg), its seed-0 probe extended
+probe r1g0.01 0 200 --r1-gamma 0.01 --snap 5
