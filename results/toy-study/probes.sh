@@ -2,7 +2,7 @@
 # The toy D2O study (issue #15): every run behind results/toy-study/study.md, from the project root. Each probe is the
 # toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
 # thread per run, several at once (a run is bit-identical to the same run alone on the same host). Then:
-#     python toy_table.py --study results/toy-study --curves long-base-s0,r1g0.01-s0
+#     python toy_table.py --study results/toy-study --curves long-base-s0,r1g0.01-s0,r1g0.01-s1,d2o-f-r1g0.01-s0
 out=results/toy-study
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
@@ -35,5 +35,9 @@ net.load_state_dict(state['G']); ckpt.save_checkpoint(sys.argv[3], net, **meta)"
 { fid_of_g results/toy-40kimg/d2o 000040000; fid_of_g results/toy-40kimg-s1/d2o 000040000
   fid_of_g $out/long-base-s0 000080000; } > $out/ema-vs-g.txt
 long_base 200
-# The best variant's curve: R1 gamma 0.01 (both seeds below the base at 10 kimg), its seed-0 probe extended
+fid_of_g $out/long-base-s0 000200000 >> $out/ema-vs-g.txt
+# The best 10-kimg variant, R1 gamma 0.01 (both seeds below the base): both seeds to 40 kimg, D2O-F beside it (FID
+# every 10 kimg), then seed 0's curve on to 200 kimg (stopped and resumed on the way: a resume continues exactly)
+probe r1g0.01 0 40 --r1-gamma 0.01 --snap 5 & probe r1g0.01 1 40 --r1-gamma 0.01 --snap 5 & wait
+probe d2o-f-r1g0.01 0 40 --freeze 1 --r1-gamma 0.01 --snap 5 --fid-every 10
 probe r1g0.01 0 200 --r1-gamma 0.01 --snap 5
