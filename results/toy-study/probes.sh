@@ -37,7 +37,7 @@ net.load_state_dict(state['G']); ckpt.save_checkpoint(sys.argv[3], net, **meta)"
 long_base 200
 fid_of_g $out/long-base-s0 000200000 >> $out/ema-vs-g.txt
 # The best 10-kimg variant, R1 gamma 0.01 (both seeds below the base): both seeds to 40 kimg, D2O-F beside it (FID
-# every 10 kimg), then seed 0's curve on to 200 kimg (stopped and resumed on the way: a resume continues exactly)
+# every 10 kimg), then seed 0's curve on toward 200 kimg (stopped at 90 so far; a resume continues exactly)
 probe r1g0.01 0 40 --r1-gamma 0.01 --snap 5 & probe r1g0.01 1 40 --r1-gamma 0.01 --snap 5 & wait
 probe d2o-f-r1g0.01 0 40 --freeze 1 --r1-gamma 0.01 --snap 5 --fid-every 10
 probe r1g0.01 0 200 --r1-gamma 0.01 --snap 5
