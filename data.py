@@ -461,6 +461,8 @@ def toy_colours(images):
     goes to its nearest TOY_COLOURS entry; the background is the commonest one on the border, the foreground the
     commonest other one (-1 if fewer than 4 pixels hold any: no shape). A mode census of generated toy images."""
     images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f'the colour census reads RGB toy images [N,R,R,3], not an array of shape {images.shape}')
     palette = np.asarray(TOY_COLOURS, dtype=np.float32)
     nearest = ((images[..., None, :] - palette) ** 2).sum(-1).argmin(-1)  # [N,R,R]
     border = np.concatenate([nearest[:, 0], nearest[:, -1], nearest[:, 1:-1, 0], nearest[:, 1:-1, -1]], axis=1)

@@ -1894,6 +1894,10 @@ def test_data_colour_census_closed_form(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'census', '--images', str(tmp_path / 'one.npz')],
                        capture_output=True, text=True, cwd=HERE)
     assert r.returncode == 0 and 'colour pairs seen 1/56' in r.stdout and 'TV from uniform 0.982' in r.stdout, r.stderr
+    np.savez(tmp_path / 'grey.npz', arr_0=np.zeros([4, 16, 16, 1], np.uint8))
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'fid.py'), 'census', '--images', str(tmp_path / 'grey.npz')],
+                       capture_output=True, text=True, cwd=HERE)
+    assert r.returncode != 0 and r.stderr.count('\n') == 1 and 'RGB toy images' in r.stderr
 
 
 def test_data_check_network_refuses_other_images(tmp_path):

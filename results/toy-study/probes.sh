@@ -41,3 +41,42 @@ fid_of_g $out/long-base-s0 000200000 >> $out/ema-vs-g.txt
 probe r1g0.01 0 40 --r1-gamma 0.01 --snap 5 & probe r1g0.01 1 40 --r1-gamma 0.01 --snap 5 & wait
 probe d2o-f-r1g0.01 0 40 --freeze 1 --r1-gamma 0.01 --snap 5 --fid-every 10
 probe r1g0.01 0 200 --r1-gamma 0.01 --snap 5
+# lr cool-down: a training state continued at a tenth of both lrs (G 1e-5, D 2e-4; their ratio kept), against the
+# preset continued at its own lrs from the same state (long-base-s1: seed 1's 40-kimg state, like long-base-s0's)
+copy_state() {  # SRC_RUNDIR NIMG(9 digits) NAME: a run's state as the start of $out/NAME
+    mkdir -p $out/$3 && cp $1/options.json $1/metrics.jsonl $1/training-state-$2.pt $out/$3/
+}
+copy_state results/toy-40kimg/d2o 000040000 cool40-s0; copy_state results/toy-40kimg-s1/d2o 000040000 cool40-s1
+copy_state results/toy-40kimg-s1/d2o 000040000 long-base-s1; copy_state $out/long-base-s0 000200000 cool200-s0
+cont() {  # NAME KIMG [flags...]: continue $out/NAME (seed 1's copies ran without in-loop FID: --fid-num 500 adds it)
+    name=$1; kimg=$2; shift 2
+    OMP_NUM_THREADS=1 python train.py --kimg "$kimg" --fid-num 500 --fid-every 5 --snap 5 "$@" --rundir $out/$name \
+        >> $out/$name/log.txt 2>&1
+}
+cont cool40-s0 50 --lr 1e-5 --dlr 2e-4 & cont cool40-s1 50 --lr 1e-5 --dlr 2e-4 & wait
+cont cool200-s0 220 --lr 1e-5 --dlr 2e-4 & cont long-base-s1 50 & wait
+# Colour census of the samples (fid.py census) and the FID their colour frequencies alone cost (real images drawn with
+# the same colour pairs), and whether the teacher's network can hold the teacher's Heun map in one step at all
+# (capacity.py kd: regression onto 5,000 Heun-18 pairs) -> capacity.txt
+census() {  # NAME NET [sample.py flags]: 500 samples as $out/census/NAME.npz, their census and recoloured FID
+    name=$1; net=$2; shift 2; mkdir -p $out/census
+    python sample.py --net $net --seeds 0-499 --npz $out/census/$name.npz "$@" >/dev/null
+    python fid.py census --images $out/census/$name.npz
+    python results/toy-study/capacity.py recolour --images $out/census/$name.npz --dest $out/census/like-$name.npz
+    n=$(python -c "import numpy; print(len(numpy.load('$out/census/like-$name.npz')['arr_0']))")
+    echo "  real images with its colour pairs: $(python fid.py calc --images $out/census/like-$name.npz \
+        --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count $n | tail -1)"
+}
+{ python fid.py census --images datasets/toy-16x16.zip
+  census heun18 assets/toy-edm.pt --steps 18; census raw assets/toy-edm.pt --raw
+  census d2o40-s0 results/toy-40kimg/d2o/network-snapshot-000040000.pt
+  census d2o40-s1 results/toy-40kimg-s1/d2o/network-snapshot-000040000.pt
+  census d2o200-s0 $out/long-base-s0/network-snapshot-000200000.pt; } > $out/census.txt
+python results/toy-study/capacity.py pairs --seeds 10000-14999 && python results/toy-study/capacity.py kd --kimg 100
+# A longer EMA (half-life 20 % of the images seen, not 5 %; EMA does not change training, so G's path is the preset's)
+# and the wide D at a second seed
+probe ema20 0 40 --ema-rampup 0.2 --snap 5 --fid-every 10 & probe ema20 1 40 --ema-rampup 0.2 --snap 5 --fid-every 10 & wait
+probe dw128 1 10 --dwidth 128
+cp $out/kd/log.txt $out/kd.txt  # the regression's FID curve; its 100-kimg samples' first 64 (seeds 0-63, as every grid):
+python -c "import numpy, sample; sample.save_grid(numpy.load('$out/kd/samples-0100.npz')['arr_0'][:64].transpose(0, 3, 1, 2),
+    '$out/grid-kd-100kimg.png')"
