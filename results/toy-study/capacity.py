@@ -66,7 +66,10 @@ def kd(kimg, batch=32, lr=1e-4, every=10):
     opt = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.9, 0.99))
     detector, ref = fid.load_detector(None, 'cpu'), fid.load_ref(REF)
     order = torch.Generator().manual_seed(0)
-    log = lambda line: (print(line, flush=True), open(f'{OUT}/log.txt', 'a').write(line + '\n'))
+    def log(line):
+        print(line, flush=True)
+        with open(f'{OUT}/log.txt', 'a') as f:
+            f.write(line + '\n')
     log(f'kd: {len(Z)} pairs, batch {batch}, lr {lr:g}; kimg 0: FID {one_step_fid(G.eval(), detector, ref)[0]:.2f}')
     nimg, start = 0, time.time()
     while nimg < kimg * 1000:

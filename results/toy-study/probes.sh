@@ -2,7 +2,7 @@
 # The toy D2O study (issue #15): every run behind results/toy-study/study.md, from the project root. Each probe is the
 # toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
 # thread per run, several at once (a run is bit-identical to the same run alone on the same host). Then:
-#     python toy_table.py --study results/toy-study --curves long-base-s0,r1g0.01-s0,r1g0.01-s1,d2o-f-r1g0.01-s0
+#     python toy_table.py --study results/toy-study --curves cool200-s0,long-base-s0,r1g0.01-s0,r1g0.01-s1,d2o-f-r1g0.01-s0
 out=results/toy-study
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
