@@ -47,11 +47,8 @@ def pairs(seeds, chunk=250):
 
 
 def one_step_fid(G, detector, ref, num=500):
-    images = []
-    with torch.no_grad():
-        for seeds in np.array_split(np.arange(num), 5):
-            rnd = sample.StackedRandomGenerator('cpu', seeds.tolist())
-            images.append(sample.quantize(G(*sample.latents_and_labels(rnd, len(seeds), G, 'cpu'))))
+    sampler = sample.Sampler(G, 'generator')  # sample.py's seeds-to-images, as every toy row
+    images = [sample.quantize(sampler(seeds.tolist(), 'cpu')[0]) for seeds in np.array_split(np.arange(num), 5)]
     mu, sigma = fid.image_stats(iter(images), detector, 'cpu')
     return fid.frechet_distance(mu, sigma, *ref), torch.cat(images)
 
