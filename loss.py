@@ -155,7 +155,7 @@ def gan_iteration(run, x, labels, view, generator_loss):
                 return run.D_ddp(real, fake, pick(s), real_kw=real_kw, fake_kw=fake_kw)
         d_losses.append(step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D'))
     losses['loss_D'] = sum(d_losses) / len(d_losses)
-    if run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1, weighted by the interval
+    if run.args.r1_gamma and run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1 by the interval; γ 0: none
         r1_weight, r1_view = run.args.r1_interval * run.args.r1_gamma / 2, view(run, x.shape[1:])
 
         def r1_step(s):

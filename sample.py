@@ -3,6 +3,7 @@
     python sample.py --net runs/toy-d2o/network-snapshot-000012000.pt --seeds 0-63 --grid grid.png
     python sample.py --net edm-cifar10-32x32-cond-vp --seeds 0-49999 --outdir out/edm --subdirs   # Heun, 18 steps
     python sample.py --net assets/toy-edm.pt --raw --seeds 0-999 --npz raw.npz     # the teacher's D(80z; 80)
+    python sample.py --net assets/toy-edm.pt --raw --sigma 2.5 --seeds 0-999 --npz raw.npz   # D(2.5z; 2.5)
     python sample.py --net runs/toy-diffratio/network-snapshot-000040000.pt --best-of 4 --npz best.npz   # D as verifier
     torchrun --standalone --nproc_per_node=8 sample.py --net ... --seeds 0-49999 --outdir out/x
 
@@ -95,9 +96,10 @@ def latents_and_labels(rnd, n, net, device, class_idx=None):
 
 
 class Sampler:
-    """Maps seeds to images in [-1,1] with one of: 'generator' (D2O, 1 NFE), 'raw' (D(80z; 80), 1 NFE), 'heun'."""
-    def __init__(self, net, method, **heun_kwargs):
-        self.net, self.method, self.heun_kwargs = net, method, heun_kwargs
+    """Maps seeds to images in [-1,1] with one of: 'generator' (D2O, 1 NFE), 'raw' (D(sigma z; sigma), 1 NFE; D2O's
+    sigma is 80), 'heun'."""
+    def __init__(self, net, method, sigma=80.0, **heun_kwargs):
+        self.net, self.method, self.sigma, self.heun_kwargs = net, method, sigma, heun_kwargs
         if method == 'heun':
             self.nfe = 2 * heun_kwargs.get('num_steps', 18) - 1
         else:
@@ -112,7 +114,8 @@ class Sampler:
         if self.method == 'generator':
             x = self.net(z, labels)
         elif self.method == 'raw':
-            x = self.net(z.to(torch.float64) * 80, torch.tensor(80.0, dtype=torch.float64, device=device), labels)
+            sigma = torch.tensor(self.sigma, dtype=torch.float64, device=device)
+            x = self.net(z.to(torch.float64) * sigma, sigma, labels)
         else:
             x = edm_sampler(self.net, z, labels, randn_like=rnd.randn_like, **self.heun_kwargs)
         return x, labels
@@ -158,13 +161,13 @@ class BestOfN:
                             for j, value in enumerate(self.SIGMAS)]).mean(0)
 
 
-def load_sampler(src, raw=False, steps=None, churn=None, device='cpu'):
+def load_sampler(src, raw=False, steps=None, churn=None, device='cpu', sigma=80.0):
     net, meta = ckpt.read_checkpoint(src)
     net = net.to(device)
     if meta.get('kind') == 'generator':
-        return Sampler(unet.D2OGenerator(net).eval(), 'generator'), meta
+        return Sampler(unet.D2OGenerator(net, meta.get('sigma') or 80.0).eval(), 'generator'), meta  # older: 80
     if raw:
-        return Sampler(net, 'raw'), meta
+        return Sampler(net, 'raw', sigma), meta
     kw = recommended(net)
     if steps is not None:
         kw = dict(kw, num_steps=steps)
@@ -245,7 +248,8 @@ def main():
     parser.add_argument('--seeds', default='0-63', help='e.g. 0-49999 or 0,5,7-9')
     parser.add_argument('--class', dest='class_idx', type=ckpt.number(int, 0, inclusive=True), default=None, help='fixed class (conditional nets)')
     parser.add_argument('--batch', type=ckpt.number(int, 0), default=64, help='images per batch per rank (does not change the images)')
-    parser.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(80z; 80)")
+    parser.add_argument('--raw', action='store_true', help="a diffusion net's one-step output D(sigma z; sigma)")
+    parser.add_argument('--sigma', type=ckpt.number(float, 0), default=None, help="--raw's noise level (default 80, D2O's)")
     parser.add_argument('--steps', type=ckpt.number(int, 0), default=None, help='Heun steps (default: EDM recommended for the net)')
     parser.add_argument('--churn', type=ckpt.number(float, 0, inclusive=True), default=None, help='S_churn for stochastic Heun')
     parser.add_argument('--outdir', default=None, help='write {seed:06d}.png here')
@@ -256,12 +260,14 @@ def main():
     parser.add_argument('--best-of', type=ckpt.number(int, 0), default=1, help='candidates per seed, the best kept by a D')
     parser.add_argument('--verifier', default=None, help='--best-of\'s D (default: the disc-snapshot beside --net)')
     args = parser.parse_args()
+    if args.sigma is not None and not args.raw:
+        parser.error('--sigma is the noise level of --raw; give --raw too')
     verifier = args.verifier or os.path.join(os.path.dirname(args.net), os.path.basename(args.net).replace('network-', 'disc-'))
     if args.best_of > 1 and not os.path.isfile(verifier):
         parser.error(f'--best-of needs a D saved by train.py: {verifier} not found (give --verifier PATH)')
 
     with distributed() as (rank, world, device):
-        sampler, _ = load_sampler(args.net, args.raw, args.steps, args.churn, device)
+        sampler, _ = load_sampler(args.net, args.raw, args.steps, args.churn, device, args.sigma or 80.0)
         if args.compile:
             sampler.net = torch.compile(sampler.net)
         if args.best_of > 1:

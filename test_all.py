@@ -143,25 +143,27 @@ def test_unet_other_preconds_closed_forms():
     torch.testing.assert_close(vp.sigma(vp.sigma_inv(s)), s, rtol=1e-4, atol=0)
 
 
-def test_unet_generator(edm_fixture):
+@pytest.mark.parametrize('s', [80.0, 2.5])
+def test_unet_generator(edm_fixture, s):
+    """G(z) = D(s z; s) with D2O's eps-shifted coefficients, at D2O's sigma 80 and SiD's 2.5 (train.py --gsigma)."""
     name, net, ref = edm_fixture
-    G = unet.D2OGenerator(net)
-    assert list(G.state_dict()) == list(net.state_dict())
+    G = unet.D2OGenerator(net) if s == 80 else unet.D2OGenerator(net, s)
+    assert list(G.state_dict()) == list(net.state_dict()) and G.sigma == s
     labels = torch.from_numpy(ref['class_labels']) if 'class_labels' in ref else None
     z = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out, den = G(z, labels), net(80 * z, torch.full([4], 80.0), labels)
-    assert ((out - den).norm() / den.norm()).item() < 1e-4
-    # D2O's boundary-condition coefficients at sigma = 80 with eps = 2e-3 (the consistency-model parameterization,
+        out, den = G(z, labels), net(s * z, torch.full([4], s), labels)
+    assert ((out - den).norm() / den.norm()).item() < 1e-4 * 80 / s  # the eps-shift moves G off D by ~eps / sigma
+    # D2O's boundary-condition coefficients with eps = 2e-3 (the consistency-model parameterization,
     # arXiv 2303.01469 Sec. 3.1, as the official D2O network computes it: c_out's denominator keeps sigma).
-    s, sd, eps = 80.0, 0.5, 2e-3
+    sd, eps = 0.5, 2e-3
     assert (G.c_skip, G.c_out) == (pytest.approx(sd ** 2 / ((s - eps) ** 2 + sd ** 2), rel=1e-12),
                                    pytest.approx((s - eps) * sd / math.sqrt(s ** 2 + sd ** 2), rel=1e-12))
     assert (G.c_in, G.c_noise) == (pytest.approx(1 / math.sqrt(s ** 2 + sd ** 2), rel=1e-12), pytest.approx(math.log(s) / 4, rel=1e-12))
     c_skip, c_out = sd ** 2 / ((s - eps) ** 2 + sd ** 2), (s - eps) * sd / math.sqrt(s ** 2 + sd ** 2)
     with torch.no_grad():
-        F_x = net.model(80 * z / math.sqrt(s ** 2 + sd ** 2), torch.full([4], math.log(s) / 4), labels)
-    torch.testing.assert_close(out, c_skip * 80 * z + c_out * F_x, rtol=0, atol=1e-5)
+        F_x = net.model(s * z / math.sqrt(s ** 2 + sd ** 2), torch.full([4], math.log(s) / 4), labels)
+    torch.testing.assert_close(out, c_skip * s * z + c_out * F_x, rtol=0, atol=1e-5)
     with torch.no_grad():
         assert torch.equal(G(z, labels), out)  # deterministic for a given z
     G.requires_grad_(True).train()
@@ -866,14 +868,16 @@ def glob_states(run):
     return glob.glob(os.path.join(str(run), 'training-state-*.pt'))
 
 
-def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, batch=8, seed=0):
+def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, batch=8,
+                  seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
     D's lr and beta2 scaled by k = interval / (interval + 1); batch-mean losses; EMA with a half-life of ema kimg, at
-    most ema_rampup x the images seen. Only the networks, the data order and the per-iteration seed are shared with
-    train.py."""
-    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, seed)
+    most ema_rampup x the images seen; gamma 0: no R1 steps and k = 1. Only the networks, the data order and the
+    per-iteration seed are shared with train.py."""
+    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
+                                                                  seed, gsigma)
     logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
     losses, nimg = [], 0
     for it in range(iterations):
@@ -896,7 +900,7 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         loss_D.backward()
         opt_D.step()
         line = dict(loss_G=loss_G.item(), loss_D=loss_D.item())
-        if it > 0 and it % r1_interval == 0:
+        if r1_gamma > 0 and it > 0 and it % r1_interval == 0:
             line['loss_R1'] = reference_r1(D, opt_D, lambda real: logits(real, c), x, r1_interval * r1_gamma / 2)
         reference_ema(G_ema, G, ema, ema_rampup, nimg, batch)
         nimg += batch
@@ -904,14 +908,14 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
 
 
-def reference_setup(tiny, D_class, lr, dlr, r1_interval, seed):
+def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0):
     """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed, Adam
-    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1."""
+    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1 (without R1, k = 1)."""
     dataset = data.ImageDataset(tiny['data'])
-    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).requires_grad_(True)
+    G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt'])), gsigma).requires_grad_(True)
     torch.manual_seed(seed)
     D = D_class(8, 3, 4, 8)
-    k = r1_interval / (r1_interval + 1)
+    k = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0
     return (dataset, data.InfiniteSampler(len(dataset), seed), G, copy_module(G), D,
             torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8),
             torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8))
@@ -944,11 +948,14 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path):
+@pytest.mark.parametrize('r1_gamma, gsigma', [(0.5, 80.0), (0, 2.5)])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
-    the logged per-iteration losses."""
-    flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=0.5, r1_interval=4, ema=0.05, ema_rampup=0.5)
+    the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
+    G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma."""
+    flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
+                 gsigma=gsigma)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -960,6 +967,15 @@ def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path):
     for mine, theirs in zip(logged, ref_losses):
         for k, v in theirs.items():
             assert mine[k] == pytest.approx(v, rel=1e-5), (k, mine['it'])
+    # The kimg-0 snapshot (the teacher itself) through sample.py: D(s z; s) by hand, at the run's sigma.
+    sampler, meta = sample.load_sampler(str(tmp_path / 'run' / 'network-snapshot-000000000.pt'))
+    assert meta['sigma'] == gsigma and sampler.net.sigma == gsigma
+    teacher, (sd, eps) = ckpt.load_edm(tiny['ckpt']), (0.5, 2e-3)
+    z, labels = sample.latents_and_labels(sample.StackedRandomGenerator('cpu', [3, 4]), 2, teacher, 'cpu')
+    with torch.no_grad():
+        F_x = teacher.model(gsigma * z / math.sqrt(gsigma ** 2 + sd ** 2), torch.full([2], math.log(gsigma) / 4), labels)
+    by_hand = sd ** 2 / ((gsigma - eps) ** 2 + sd ** 2) * gsigma * z + (gsigma - eps) * sd / math.sqrt(gsigma ** 2 + sd ** 2) * F_x
+    torch.testing.assert_close(sampler([3, 4], 'cpu')[0], by_hand, rtol=0, atol=1e-5)
 
 
 def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_interval, lr=1e-4, dlr=2e-3, batch=8,
@@ -968,7 +984,7 @@ def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_inte
     the frozen ratio D (reverse KL: -d; JS: softplus(-d)), d_steps logistic D steps on noised reals vs noised fakes of
     the updated G (sigma drawn per set), lazy R1 on noised reals; ln sigma ~ N(sigma_mean, sigma_std^2). Shares with
     train.py the networks, the data order, the per-iteration seed and the order of the draws."""
-    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.RatioD, lr, dlr, r1_interval, seed)
+    dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.RatioD, lr, dlr, r1_interval, r1_gamma, seed)
     softplus = torch.nn.functional.softplus
     logit = lambda images, c, sigma: D(images, c, sigma.flatten())[0].flatten()
     losses, nimg = [], 0
@@ -1417,11 +1433,28 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     before = files_digest(run)
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
-                             ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1')):
+                             ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1'),
+                             ('--gsigma', '2.5', '80.0')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
     assert files_digest(run) == before
+
+
+def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
+    """--gsigma: a preset's value unless typed; a run whose state predates the flag resumes at D2O's 80, whatever the
+    preset says now (its G was D(80z; 80))."""
+    monkeypatch.setitem(train.CUSTOM, 'gsigma', 2.5)  # a preset whose G runs at 2.5, as the toy's
+    state = run_train(tiny, tmp_path / 'new', '--kimg', '0.008')
+    assert state['args']['gsigma'] == 2.5
+    old = tmp_path / 'old'
+    state = run_train(tiny, old, '--kimg', '0.008', '--gsigma', '80')
+    path = sorted(glob_states(old))[-1]
+    del state['args']['gsigma']  # the state as train.py wrote it before --gsigma existed
+    ckpt.atomic_save(state, path)
+    state = run_train(tiny, old, '--kimg', '0.016')
+    assert state['args']['gsigma'] == 80.0 and state['nimg'] == 16
+    assert ckpt.read_checkpoint(str(old / 'network-snapshot-000000016.pt'))[1]['sigma'] == 80.0
 
 
 class _Evil:
@@ -1592,6 +1625,22 @@ def test_sample_cli_writes_outputs(tmp_path, edm_fixture):
     assert grid.shape == (3 * 16 * 8, 512, 3)
     last = grid[2 * 128:2 * 128 + 128, 2 * 128:3 * 128]  # image 10 (seed 1000): row 2, column 2
     assert np.array_equal(last, np.kron(expect, np.ones((8, 8, 1), np.uint8)))
+    # --raw --sigma 2.5: the diffusion net's D(2.5z; 2.5), by hand from EDM's preconditioning (sigma_data 0.5)
+    denoiser = tmp_path / 'd.pt'
+    ckpt.save_checkpoint(str(denoiser), net, kind='denoiser')
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(denoiser), '--raw', '--sigma', '2.5',
+                        '--seeds', '3', '--npz', str(tmp_path / 'raw.npz')], capture_output=True, text=True, cwd=HERE)
+    assert r.returncode == 0 and 'raw sampling (1 NFE)' in r.stdout, r.stderr
+    z, labels = sample.latents_and_labels(sample.StackedRandomGenerator('cpu', [3]), 1, net, 'cpu')
+    s, sd = 2.5, 0.5
+    with torch.no_grad():
+        F_x = net.model(s * z / math.sqrt(s ** 2 + sd ** 2), torch.full([1], math.log(s) / 4), labels)
+    by_hand = sample.quantize(sd ** 2 / (s ** 2 + sd ** 2) * s * z + s * sd / math.sqrt(s ** 2 + sd ** 2) * F_x)
+    got = torch.from_numpy(np.load(tmp_path / 'raw.npz')['arr_0']).permute(0, 3, 1, 2)
+    assert (got.int() - by_hand.int()).abs().max() <= 1  # float64 sampling vs this float32 sum: one level at most
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(denoiser), '--sigma', '2.5'],
+                       capture_output=True, text=True, cwd=HERE)
+    assert r.returncode != 0 and '--sigma is the noise level of --raw; give --raw too' in r.stderr, r.stderr
 
 
 def _torchrun(script, *argv, nproc=2):

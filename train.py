@@ -65,6 +65,8 @@ flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "
 flag('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
 flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
 flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
+flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): the noise level G evaluates its "
+     "network at (D2O: 80, the presets'; SiD: 2.5, the toy's)")
 flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
 flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
 flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
@@ -76,7 +78,7 @@ flag('--kimg', type=POSITIVE, default=None, help='length in thousands of images 
 flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
 flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
 flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
-flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind)')
+flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
 flag('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
 flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
@@ -101,8 +103,8 @@ flag('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID
 flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
-FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth', 'ddepth',
-         'dsigma', 'seed')
+FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth',
+         'ddepth', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -115,13 +117,15 @@ def resolve_flags(argv, world, device, log):
     name = f'{stem}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
     args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
     state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
+    if state:
+        state['args'].setdefault('gsigma', 80.0)  # runs from before --gsigma evaluated G at D2O's 80
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
-    recipe = dict(dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
+    recipe = dict(gsigma=80.0, dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
                   snap=preset['kimg'] / 4, precision='bf16' if device.type == 'cuda' else 'fp32')
     recipe |= preset | (EDM_LOSS if args.loss == 'edm' else {})  # D's lr and R1 weight: by D kind (build_d)
-    for k in ('init', 'batch', 'kimg', 'lr', 'lr_rampup', 'ema', 'dwidth', 'precision', 'tick', 'snap', 'fid_num',
-              'fid_ref'):
+    for k in ('init', 'gsigma', 'batch', 'kimg', 'lr', 'lr_rampup', 'ema', 'dwidth', 'precision', 'tick', 'snap',
+              'fid_num', 'fid_ref'):
         setattr(args, k, recipe[k] if getattr(args, k) is None else getattr(args, k))
     if args.init is None:
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
@@ -159,7 +163,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     gpu = [device] if device.type == 'cuda' else None
     ddp = lambda module: torch.nn.parallel.DistributedDataParallel(module, device_ids=gpu) if world > 1 else module
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
-    run.G = unet.D2OGenerator(unet.generator_net(net)) if run.kind == 'generator' else net
+    run.G = unet.D2OGenerator(unet.generator_net(net), args.gsigma) if run.kind == 'generator' else net
     if run.kind == 'generator':
         D, run.d_desc = build_d(args, preset, dataset, run.G, log)
         run.D = D.to(device, memory_format=layout)
@@ -183,7 +187,8 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
 
 def set_rates(run):
     """Learning rates (with warm-up) and D's beta2 from the flags, every iteration: new ones take effect on resume."""
-    args, lazy = run.args, run.args.r1_interval / (run.args.r1_interval + 1)
+    args = run.args  # lazy R1 (StyleGAN2) scales D's lr and beta2 by interval / (interval + 1); without R1, by 1
+    lazy = args.r1_interval / (args.r1_interval + 1) if args.r1_gamma else 1.0
     for group in run.opt_G.param_groups:
         group['lr'] = args.lr * min(run.nimg / (args.lr_rampup * 1000), 1) if args.lr_rampup else args.lr
     for group in run.opt_D.param_groups if run.opt_D else []:
@@ -221,7 +226,7 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     images = torch.cat([sample.quantize(method(list(range(i, i + 16)), run.device)[0]).cpu() for i in range(0, 64, 16)])
     sample.save_grid(images, os.path.join(args.rundir, f'grid-{nimg:09d}.png'), cols=8)
     meta = dict(kind=run.kind, trained_from=run.source, data=args.data, kimg=nimg / 1000, freeze=args.freeze,
-                loss=args.loss, fid=fid_value, fid_num=args.fid_num)
+                loss=args.loss, fid=fid_value, fid_num=args.fid_num, sigma=getattr(run.G, 'sigma', None))
     verifier = run.D if type(run.D).__name__ in disc.SAVED else None  # sample.py --best-of's (not the projected D)
     best = fid_value is not None and fid_value <= min(v for _, v in loop_fid.history)  # the official code picks by hand
     ckpt.save_snapshot(args.rundir, nimg, run.G_ema, verifier, best, **meta)
@@ -245,7 +250,8 @@ def main(argv=None):
         del state  # loaded: do not hold a second copy of every tensor through the run
         train(run, dataset, loop_fid, kept, log)
         if loop_fid and (loop_fid.off or loop_fid.history):
-            start = "the teacher's raw one-step output D(80z; 80)" if run.kind == 'generator' else 'the network'
+            start = f"the teacher's raw one-step output D({args.gsigma:g}z; {args.gsigma:g})" \
+                if run.kind == 'generator' else 'the network'
             log(loop_fid.summary(start))
         log(f'done: {run.nimg / 1000:g} kimg in {args.rundir}')
 

@@ -7,7 +7,7 @@ Public names (other files and users' scripts rely on them):
     SongUNet, DhariwalUNet                     EDM's U-Nets (DDPM++/NCSN++ and ADM), same state_dict keys as EDM
     EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond
                                                net(x, sigma, class_labels=None, augment_labels=None) -> D(x; sigma)
-    D2OGenerator(net)                          G(z, class_labels) = one evaluation at sigma = 80 (D2O, eps-shifted)
+    D2OGenerator(net, sigma=80)                G(z, class_labels) = one evaluation at sigma (D2O: 80, eps-shifted)
     OFFICIAL, EDM_URL                          name -> constructor kwargs of EDM's nine releases, and where they are
     build_edm(name)                            an official network, randomly initialised, no weights
 
@@ -478,9 +478,11 @@ class iDDPMPrecond(Precond):
 PRECONDS = dict(EDMPrecond=EDMPrecond, VPPrecond=VPPrecond, VEPrecond=VEPrecond, iDDPMPrecond=iDDPMPrecond)
 
 # ----------------------------------------------------------------------------------------------------------------
-# The D2O one-step generator (the official D2O code's training/networks.py, D2OPrecond): G(z, y) = c_skip x + c_out F(c_in x, c_noise, y) with x = 80 z, sigma = 80,
-# and the consistency-model eps-shift of c_skip/c_out (eps = 2e-3). It holds the wrapped net's U-Net as `model`, so
-# its state_dict has exactly the `model.*` keys of an EDM network and loads into EDMPrecond unchanged.
+# The D2O one-step generator (the official D2O code's training/networks.py, D2OPrecond): G(z, y) = c_skip x + c_out
+# F(c_in x, c_noise, y) with x = sigma z, sigma = 80, and the consistency-model eps-shift of c_skip/c_out (eps = 2e-3).
+# Another sigma (train.py --gsigma) evaluates the teacher lower, as SiD does (sigma_init 2.5; arXiv 2404.04057). It
+# holds the wrapped net's U-Net as `model`, so its state_dict has exactly the `model.*` keys of an EDM network and
+# loads into EDMPrecond unchanged.
 
 class D2OGenerator(torch.nn.Module):
     def __init__(self, net, sigma=80.0, eps=2e-3):
