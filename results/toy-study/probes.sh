@@ -80,3 +80,28 @@ probe dw128 1 10 --dwidth 128
 cp $out/kd/log.txt $out/kd.txt  # the regression's FID curve; its 100-kimg samples' first 64 (seeds 0-63, as every grid):
 python -c "import numpy, sample; sample.save_grid(numpy.load('$out/kd/samples-0100.npz')['arr_0'][:64].transpose(0, 3, 1, 2),
     '$out/grid-kd-100kimg.png')"
+# The wide D to 40 kimg at both seeds (the same command from scratch gives the same runs: the 10-kimg points match);
+# its FID record is kept in git (dw128-s0/metrics.jsonl, dw128-s1/metrics.jsonl)
+probe dw128 0 40 --dwidth 128 & probe dw128 1 40 --dwidth 128 & wait
+# The D on a trainable copy of the teacher's encoder (--disc teacher, sigma 0.1) at 10x and 100x its default D lr
+probe teacher-dlr1e-3 0 10 --disc teacher --dlr 1e-3 & probe teacher-dlr1e-3 1 10 --disc teacher --dlr 1e-3 & wait
+probe teacher-dlr1e-2 0 10 --disc teacher --dlr 1e-2 & probe teacher-dlr1e-2 1 10 --disc teacher --dlr 1e-2 & wait
+probe teacher-dlr1e-3-r1g0.001 0 10 --disc teacher --dlr 1e-3 --r1-gamma 0.001
+# G evaluated lower (--gsigma: G(z) = D(s z; s)); SiD's sigma_init 2.5 (github.com/mingyuanzhou/SiD run_sid.sh).
+# The kimg-0 FID of each run is the teacher's raw one-step output at that sigma
+probe gs2.5 0 40 --gsigma 2.5 & probe gs2.5 1 40 --gsigma 2.5 & wait
+# The teacher's raw one-step output D(s z; s) (sample.py --raw --sigma), the 500 seeds of every FID here -> raw-sigma.txt
+for s in 80 5 2.5 1; do
+    python sample.py --net assets/toy-edm.pt --raw --sigma $s --seeds 0-499 --npz $out/raw.npz >/dev/null
+    echo "D(${s}z; $s): $(python fid.py calc --images $out/raw.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1)"
+done > $out/raw-sigma.txt; rm $out/raw.npz
+# --gsigma 2.5's curves beside the preset's first 40 kimg (long-base-s0 in fid-curve.csv) -> fid-curve-gsigma.csv/png
+python -c "
+import csv, ckpt, fid
+rows = [(r['run'], float(r['kimg']), float(r['fid'])) for r in csv.DictReader(open('$out/fid-curve.csv'))
+        if r['run'] == 'long-base-s0' and float(r['kimg']) <= 40]
+for run in ('gs2.5-s0', 'gs2.5-s1'):
+    rows += [(run, k, v) for k, v in ckpt.newest_state('$out/' + run, print)[1]['fid_history']]
+open('$out/fid-curve-gsigma.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
+curves = {run: tuple(zip(*[(k, v) for r, k, v in rows if r == run])) for run in dict.fromkeys(r for r, _, _ in rows)}
+fid.plot_lines(curves, '$out/fid-curve-gsigma.png', 'kimg ->', 'FID')"
