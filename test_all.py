@@ -1444,13 +1444,12 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
     """--gsigma: a preset's value unless typed; a run whose state predates the flag resumes at D2O's 80, whatever the
     preset says now (its G was D(80z; 80))."""
-    monkeypatch.setitem(train.CUSTOM, 'gsigma', 2.5)  # a preset whose G runs at 2.5, as the toy's
-    state = run_train(tiny, tmp_path / 'new', '--kimg', '0.008')
-    assert state['args']['gsigma'] == 2.5
+    monkeypatch.setitem(train.CUSTOM, 'gsigma', 2.5)  # a preset whose G runs at 2.5
     old = tmp_path / 'old'
-    state = run_train(tiny, old, '--kimg', '0.008', '--gsigma', '80')
+    state = run_train(tiny, old, '--kimg', '0.008')
+    assert state['args']['gsigma'] == 2.5
     path = sorted(glob_states(old))[-1]
-    del state['args']['gsigma']  # the state as train.py wrote it before --gsigma existed
+    del state['args']['gsigma']  # the state as train.py wrote it before --gsigma existed (its G: at 80)
     ckpt.atomic_save(state, path)
     state = run_train(tiny, old, '--kimg', '0.016')
     assert state['args']['gsigma'] == 80.0 and state['nimg'] == 16

@@ -65,8 +65,8 @@ flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "
 flag('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
 flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
 flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
-flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): the noise level G evaluates its "
-     "network at (D2O: 80, the presets'; SiD: 2.5, the toy's)")
+flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default the "
+     "preset's; every preset: D2O's 80; SiD: 2.5)")
 flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
 flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
 flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
