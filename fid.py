@@ -16,7 +16,7 @@ package is located, not imported); NVIDIA's URL (downloaded once into the cache)
 Images go in as uint8 NCHW at any size; they are resized to 299x299 as NVIDIA's detector does (bilinear via an
 affine grid with a half-pixel offset and border padding), normalised with (x - 128) / 128, and mapped to the
 2048-d pool features. Statistics are float64 sums (all-reduced across ranks), mu and the unbiased covariance;
-FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with scipy's sqrtm, real part, no regularisation.
+FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), real part, no regularisation (EDM's; Tr sqrtm from the eigenvalues).
 """
 
 import importlib.util
@@ -28,7 +28,6 @@ import zipfile
 from collections import OrderedDict
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
@@ -306,10 +305,12 @@ class Stats:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """EDM's FID with the trace of sqrtm(S1 S2) taken as the sum of the principal square roots of its eigenvalues (the
+    eigenvalues of a matrix square root): the same number as EDM's scipy.linalg.sqrtm to ~1e-9 relative, in a fifth of
+    the time (a 2048x2048 sqrtm took 30-40 s on a 2-core CPU, its eigenvalues 7 s); the real part, as EDM takes."""
     m = np.square(np.asarray(mu1) - np.asarray(mu2)).sum()
-    s = scipy.linalg.sqrtm(np.dot(sigma1, sigma2))
-    s = s[0] if isinstance(s, tuple) else s
-    return float(np.real(m + np.trace(sigma1 + sigma2 - s * 2)))
+    root_trace = np.sqrt(np.linalg.eigvals(np.dot(sigma1, sigma2)).astype(complex)).sum()
+    return float(np.real(m + np.trace(sigma1) + np.trace(sigma2) - 2 * root_trace))
 
 
 def image_stats(images_iter, detector, device, world=1, progress=None):

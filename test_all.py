@@ -516,11 +516,14 @@ def test_disc_bf16_autocast_matches_fp32(backbone_dir):
     """D under bf16 autocast (train.py's --precision bf16, on CPU here): logits within 2 % (norm) of fp32 for the ResNet
     D and the projected D on the fixture backbones, and finite gradients for the input and every trainable parameter.
     Logits are compared in eval mode: in train mode the untrained heads' batch statistics over 2 images turn any
-    0.4 % change of their input features into a 20-50 % change of the logits, in fp32 as much as in bf16."""
+    0.4 % change of their input features into a 20-50 % change of the logits, in fp32 as much as in bf16.
+    The projected D here is on EfficientNet-lite0 alone (BatchNorm, depthwise and SAME-padded convs, the heads): a CPU
+    without native bf16 runs convolutions ~20x slower in bf16 than in fp32, and VGG16-BN at 224x224 through R1 then
+    took 7 minutes of a 2-core machine; VGG's layers are plain convolutions, BatchNorm and ReLU."""
     g = torch.Generator().manual_seed(0)
     x, c = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1, torch.eye(10)[:2]
     torch.manual_seed(0)
-    for D in (disc.ResNetD(32, 3, 10, 16), disc.ProjectedD(disc.PAIRS['cifar'], 10, weights=backbone_dir)):
+    for D in (disc.ResNetD(32, 3, 10, 16), disc.ProjectedD(['efficientnet_lite0'], 10, weights=backbone_dir)):
         with torch.no_grad():
             D.eval()
             ref = torch.cat(D(x, c), 1)
@@ -1320,24 +1323,24 @@ def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_
 
 
 def test_train_torchrun_projected_disc_past_r1_and_resume(tiny, backbone_files, tmp_path):
-    """The projected D on the fixture backbones under 2 ranks, R1 every iteration: past two R1 steps, and a resume
-    across one (from the run's state after 2 iterations, named with --resume into a new run directory: two launches
-    instead of three, as each iteration through two backbones at 224x224 costs seconds), bit-identical to the
-    uninterrupted run."""
+    """The projected D on the fixture backbones under 2 ranks, R1 every iteration: G, D and R1 steps, and a resume
+    across the R1 step (from the run's state after its first iteration, named with --resume into a new run directory:
+    two launches instead of three, as an R1 step through two backbones at 224x224 costs ~20 s here), bit-identical to
+    the uninterrupted run."""
     cache = tmp_path / 'cache'
     cache.mkdir()
     for name, path in backbone_files.items():
         os.symlink(path, cache / os.path.basename(ckpt.WEIGHTS[name]))
     extra = ['--disc', 'projected', '--batch', '2', '--r1-interval', '1', '--tick', '0.002', '--snap', '0.002']
     env = dict(D2O_CACHE=str(cache))
-    full = torchrun_train(tiny, tmp_path / 'full', *extra, '--kimg', '0.006', env=env)
-    assert 'ProjectedD on vgg16_bn + efficientnet_lite0' in full.stdout and full.stdout.count('loss_R1') == 2  # iterations 1, 2
-    middle = str(tmp_path / 'full' / 'training-state-000000004.pt')  # the newest two states are kept: 4 and 6 images
-    split = torchrun_train(tiny, tmp_path / 'split', *extra, '--kimg', '0.006', '--resume', middle, env=env)
-    assert f'resumed from {middle} at 0.004 kimg' in split.stdout and split.stdout.count('loss_R1') == 1  # iteration 2
+    full = torchrun_train(tiny, tmp_path / 'full', *extra, '--kimg', '0.004', env=env)
+    assert 'ProjectedD on vgg16_bn + efficientnet_lite0' in full.stdout and full.stdout.count('loss_R1') == 1  # iteration 1
+    middle = str(tmp_path / 'full' / 'training-state-000000002.pt')  # the newest two states are kept: 2 and 4 images
+    split = torchrun_train(tiny, tmp_path / 'split', *extra, '--kimg', '0.004', '--resume', middle, env=env)
+    assert f'resumed from {middle} at 0.002 kimg' in split.stdout and split.stdout.count('loss_R1') == 1  # iteration 1
     assert split.stdout.count('ranks agree: G, D trainable parameters identical on all 2 ranks') == 1
     a, b = newest_state(tmp_path / 'full'), newest_state(tmp_path / 'split')
-    assert a['it'] == b['it'] == 3
+    assert a['it'] == b['it'] == 2
     assert_states_equal(a, b)
 
 
@@ -1704,6 +1707,15 @@ def test_fid_frechet_closed_forms():
     r = _sqrtm_psd(s)
     direct = np.square(mu1 - mu2).sum() + np.trace(s + s2) - 2 * np.trace(_sqrtm_psd(r @ s2 @ r))
     assert fid.frechet_distance(mu1, s, mu2, s2) == pytest.approx(direct, rel=1e-8)
+    # EDM's own formula (scipy.linalg.sqrtm of the product, real part of the total), on covariances of few samples
+    # (rank-deficient, as at the toy's N) and of many (full rank).
+    import scipy.linalg
+    for n in (40, 600):
+        s1, s2 = (np.cov(rng.randn(n, 300) @ rng.randn(300, 300), rowvar=False) for _ in range(2))
+        mu1, mu2 = rng.randn(300), rng.randn(300)
+        root = scipy.linalg.sqrtm(s1 @ s2)
+        edm = float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * (root[0] if isinstance(root, tuple) else root))))
+        assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(edm, rel=1e-9), n
 
 
 def test_fid_stats_independent_of_batching():
@@ -2338,13 +2350,13 @@ def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     import toy_table
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
-    toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '16',
-                    '--ref-num', '32', '--jobs', '2', '--fid-every', '0',
+    toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '8',
+                    '--ref-num', '16', '--jobs', '2', '--fid-every', '0',
                     '--runs', 'd2o,d2o-f,random,diffratio-rkl,diffratio-reinit-io'])
     printed = capsys.readouterr().out
     # Progress of the long steps, as plain lines (stdout is not a terminal here): training and each sampled row.
     assert 'GAN runs: 160 images ...' in printed and printed.count('GAN runs: 160 images in ') == 1  # 5 runs
-    assert 'sampling teacher, Heun 18 steps: 16 images in ' in printed
+    assert 'sampling teacher, Heun 18 steps: 8 images in ' in printed
     out = tmp_path / 'results' / 'toy'
     rows = [l.split(' | ') for l in open(out / 'table.md').read().splitlines() if l.startswith('| ') and '---' not in l][1:]
     names = [row[0].strip('| ') for row in rows]
