@@ -105,3 +105,9 @@ for run in ('gs2.5-s0', 'gs2.5-s1'):
 open('$out/fid-curve-gsigma.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
 curves = {run: tuple(zip(*[(k, v) for r, k, v in rows if r == run])) for run in dict.fromkeys(r for r, _, _ in rows)}
 fid.plot_lines(curves, '$out/fid-curve-gsigma.png', 'kimg ->', 'FID')"
+# D2O-F at 3x the G lr (its trainable 17 % are norms, affines, 1x1 skips, qkv and the in/out convs), 2026-12-03 on a
+# slower host (this host's preset probe: 222.21 at 5 kimg vs 211.20 elsewhere, so not bit-comparable with the rows above);
+# FID every 10 kimg. D2O-F at the preset's lr beside it. The preset's probe to 5 kimg is the host check.
+probe d2o-f 0 10 --freeze 1 --fid-every 10 & probe d2o-f-lr3e-4 0 10 --freeze 1 --lr 3e-4 --fid-every 10 & wait
+probe d2o-f-lr3e-4 0 40 --freeze 1 --lr 3e-4 --fid-every 10 & probe d2o-f-lr3e-4 1 10 --freeze 1 --lr 3e-4 --fid-every 10 & wait
+probe hostcheck 0 5
