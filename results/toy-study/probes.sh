@@ -111,3 +111,6 @@ fid.plot_lines(curves, '$out/fid-curve-gsigma.png', 'kimg ->', 'FID')"
 probe d2o-f 0 10 --freeze 1 --fid-every 10 & probe d2o-f-lr3e-4 0 10 --freeze 1 --lr 3e-4 --fid-every 10 & wait
 probe d2o-f-lr3e-4 0 40 --freeze 1 --lr 3e-4 --fid-every 10 & probe d2o-f-lr3e-4 1 10 --freeze 1 --lr 3e-4 --fid-every 10 & wait
 probe hostcheck 0 5
+# 2026-12-03, second session on the same host (its D2O-F lr 3e-4 seed-1 probe repeats 189.45 at 10 kimg to the last
+# digit): that seed to 40 kimg, and D2O itself (the preset) to 40 kimg on this host, for a same-host D2O-F / D2O ratio
+probe d2o-f-lr3e-4 1 40 --freeze 1 --lr 3e-4 --fid-every 10 & probe d2o 0 40 --fid-every 10 & wait
