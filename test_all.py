@@ -2343,7 +2343,7 @@ def test_toy_table_study_summary(tmp_path, capsys):
 def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     """toy_table.py end to end at a tiny budget: five of its GAN runs (--runs; D2O, D2O-F, random init, DiffRatio and
     a re-initialised teacher) as train.py processes, their rows and the best-of-4 rows, the spectra. The table is
-    built on the pixel stand-in detector and FID's mean term (Inception on ~140 images and 30 FIDs of 2048x2048 took
+    built on the stand-in detector (fixed random filters) and FID's mean term (Inception on ~140 images and 30 FIDs of 2048x2048 took
     ~70 s here; both have tests of their own)."""
     import toy_table
     monkeypatch.chdir(tmp_path)

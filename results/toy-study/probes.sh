@@ -114,3 +114,6 @@ probe hostcheck 0 5
 # 2026-12-03, second session on the same host (its D2O-F lr 3e-4 seed-1 probe repeats 189.45 at 10 kimg to the last
 # digit): that seed to 40 kimg, and D2O itself (the preset) to 40 kimg on this host, for a same-host D2O-F / D2O ratio
 probe d2o-f-lr3e-4 1 40 --freeze 1 --lr 3e-4 --fid-every 10 & probe d2o 0 40 --fid-every 10 & wait
+# 2026-12-03, a third session on that host: D2O's second seed there (two seeds each side for the D2O-F / D2O ratio),
+# and D2O-F at a G lr of 1e-3 (does the gain from 1e-4 to 3e-4 go on?)
+probe d2o 1 40 --fid-every 10 & probe d2o-f-lr1e-3 0 40 --freeze 1 --lr 1e-3 --fid-every 10 & wait
