@@ -117,3 +117,21 @@ probe d2o-f-lr3e-4 1 40 --freeze 1 --lr 3e-4 --fid-every 10 & probe d2o 0 40 --f
 # 2026-12-03, a third session on that host: D2O's second seed there (two seeds each side for the D2O-F / D2O ratio),
 # and D2O-F at a G lr of 1e-3 (does the gain from 1e-4 to 3e-4 go on?)
 probe d2o 1 40 --fid-every 10 & probe d2o-f-lr1e-3 0 40 --freeze 1 --lr 1e-3 --fid-every 10 & wait
+# 2026-12-04, a fourth session on that host (a 1-kimg preset run gave the losses of hostcheck-s0 to the last digit):
+# D2O-F at lr 1e-3's second seed, and at 3e-3
+probe d2o-f-lr1e-3 1 40 --freeze 1 --lr 1e-3 --fid-every 10 & probe d2o-f-lr3e-3 0 40 --freeze 1 --lr 3e-3 --fid-every 10 & wait
+# D2O (mean of its two seeds) and D2O-F at G lr 3e-4 / 1e-3 / 3e-3 per seed on that host, from the committed
+# metrics.jsonl -> fid-curve-d2o-f.csv/png
+python -c "
+import json, fid
+def fids(run):
+    records = [json.loads(line) for line in open('$out/' + run + '/metrics.jsonl')]
+    return {r['kimg']: r['fid'] for r in records if r.get('fid') is not None and r['kimg'] > 0}
+d2o = [fids('d2o-s0'), fids('d2o-s1')]
+rows = [('D2O mean', k, (d2o[0][k] + d2o[1][k]) / 2) for k in d2o[0]]
+for label, run in [('F 3e-4 s0', 'd2o-f-lr3e-4-s0'), ('F 3e-4 s1', 'd2o-f-lr3e-4-s1'), ('F 1e-3 s0', 'd2o-f-lr1e-3-s0'),
+                   ('F 1e-3 s1', 'd2o-f-lr1e-3-s1'), ('F 3e-3 s0', 'd2o-f-lr3e-3-s0')]:
+    rows += [(label, k, v) for k, v in fids(run).items()]
+open('$out/fid-curve-d2o-f.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
+curves = {label: tuple(zip(*[(k, v) for r, k, v in rows if r == label])) for label in dict.fromkeys(r for r, _, _ in rows)}
+fid.plot_lines(curves, '$out/fid-curve-d2o-f.png', 'kimg ->', 'FID')"
