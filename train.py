@@ -65,8 +65,8 @@ flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "
 flag('--arch', default=None, help='for --init random: an official name, "toy", or a checkpoint')
 flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
 flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
-flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default the "
-     "preset's; every preset: D2O's 80; SiD: 2.5)")
+flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default "
+     "D2O's 80; SiD: 2.5)")
 flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
 flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
 flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
@@ -123,7 +123,7 @@ def resolve_flags(argv, world, device, log):
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
     recipe = dict(gsigma=80.0, dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
                   snap=preset['kimg'] / 4, precision='bf16' if device.type == 'cuda' else 'fp32')
-    recipe |= preset | (EDM_LOSS if args.loss == 'edm' else {})  # D's lr and R1 weight: by D kind (build_d)
+    recipe |= preset | (EDM_LOSS if args.loss == 'edm' else {})  # D's lr and R1 weight: by D kind (build_run)
     for k in ('init', 'gsigma', 'batch', 'kimg', 'lr', 'lr_rampup', 'ema', 'dwidth', 'precision', 'tick', 'snap',
               'fid_num', 'fid_ref'):
         setattr(args, k, recipe[k] if getattr(args, k) is None else getattr(args, k))
@@ -140,20 +140,6 @@ def resolve_flags(argv, world, device, log):
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
 
-def build_d(args, preset, dataset, G, log):
-    """The discriminator and a description of it, with its kind's own --dlr and --r1-gamma unless given."""
-    try:
-        args.disc = disc.choose(args.disc, args.loss, loss.LOSSES[args.loss][2], preset.get('disc'), dataset.resolution,
-                                args.weights, log)
-        recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (the toy's: CUSTOM's)
-        args.dlr = args.dlr or recipe['dlr']
-        args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
-        return disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth,
-                          args.weights, args.seed, G, args.dsigma, args.ddepth)
-    except (RuntimeError, ValueError) as e:
-        sys.exit(f'error: {e}')
-
-
 def build_run(args, preset, net, source, dataset, rank, world, device, log):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
     optimizers, the AMP context, and the counters, in one namespace that the iteration functions (loss.py) read."""
@@ -165,7 +151,16 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
     run.G = unet.D2OGenerator(unet.generator_net(net), args.gsigma) if run.kind == 'generator' else net
     if run.kind == 'generator':
-        D, run.d_desc = build_d(args, preset, dataset, run.G, log)
+        try:  # --disc auto resolved, then its kind's own --dlr and --r1-gamma unless given
+            args.disc = disc.choose(args.disc, args.loss, loss.LOSSES[args.loss][2], preset.get('disc'),
+                                    dataset.resolution, args.weights, log)
+            recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (toy: CUSTOM's)
+            args.dlr = args.dlr or recipe['dlr']
+            args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
+            D, run.d_desc = disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim,
+                                       args.dwidth, args.weights, args.seed, run.G, args.dsigma, args.ddepth)
+        except (RuntimeError, ValueError) as e:
+            sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
         run.opt_D = torch.optim.Adam(run.d_params, betas=(0.0, 0.99), eps=1e-8)  # lr, beta2: set_rates (lazy R1)
@@ -239,9 +234,6 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
 def main(argv=None):
     with sample.distributed() as (rank, world, device):
         log = print if rank == 0 else (lambda *args, **kw: None)
-        if device.type == 'cuda':  # exact fp32 matmuls (TF32 off), fastest convolution algorithms
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cudnn.benchmark = True
         args, preset, state_path, state, changes = resolve_flags(argv, world, device, log)
         run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
         loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,

@@ -135,3 +135,6 @@ for label, run in [('F 3e-4 s0', 'd2o-f-lr3e-4-s0'), ('F 3e-4 s1', 'd2o-f-lr3e-4
 open('$out/fid-curve-d2o-f.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
 curves = {label: tuple(zip(*[(k, v) for r, k, v in rows if r == label])) for label in dict.fromkeys(r for r, _, _ in rows)}
 fid.plot_lines(curves, '$out/fid-curve-d2o-f.png', 'kimg ->', 'FID')"
+# 2026-12-04, a fifth session on that host: D2O-F at G lr 1e-3 with 10x the R1 weight (at 0.1 its seed 1 ended with
+# D winning, loss_D 0.17-0.27), both seeds
+probe d2o-f-lr1e-3-r1g1 0 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & probe d2o-f-lr1e-3-r1g1 1 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & wait
