@@ -120,21 +120,26 @@ probe d2o 1 40 --fid-every 10 & probe d2o-f-lr1e-3 0 40 --freeze 1 --lr 1e-3 --f
 # 2026-12-04, a fourth session on that host (a 1-kimg preset run gave the losses of hostcheck-s0 to the last digit):
 # D2O-F at lr 1e-3's second seed, and at 3e-3
 probe d2o-f-lr1e-3 1 40 --freeze 1 --lr 1e-3 --fid-every 10 & probe d2o-f-lr3e-3 0 40 --freeze 1 --lr 3e-3 --fid-every 10 & wait
-# D2O (mean of its two seeds) and D2O-F at G lr 3e-4 / 1e-3 / 3e-3 per seed on that host, from the committed
-# metrics.jsonl -> fid-curve-d2o-f.csv/png
+# 2026-12-04, a fifth session on that host: D2O-F at G lr 1e-3 with 10x the R1 weight (at 0.1 its seed 1 ended with
+# D winning, loss_D 0.17-0.27), both seeds
+probe d2o-f-lr1e-3-r1g1 0 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & probe d2o-f-lr1e-3-r1g1 1 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & wait
+# then D2O itself with that R1 weight (does gamma 1 help D2O too, or only D2O-F at its higher lr?), both seeds
+probe d2o-r1g1 0 40 --r1-gamma 1 --fid-every 10 & probe d2o-r1g1 1 40 --r1-gamma 1 --fid-every 10 & wait
+# D2O and D2O-F at each setting on that host, per seed and as the mean of the seeds (the plotted lines), from the
+# committed metrics.jsonl -> fid-curve-d2o-f.csv/png
 python -c "
 import json, fid
 def fids(run):
     records = [json.loads(line) for line in open('$out/' + run + '/metrics.jsonl')]
     return {r['kimg']: r['fid'] for r in records if r.get('fid') is not None and r['kimg'] > 0}
-d2o = [fids('d2o-s0'), fids('d2o-s1')]
-rows = [('D2O mean', k, (d2o[0][k] + d2o[1][k]) / 2) for k in d2o[0]]
-for label, run in [('F 3e-4 s0', 'd2o-f-lr3e-4-s0'), ('F 3e-4 s1', 'd2o-f-lr3e-4-s1'), ('F 1e-3 s0', 'd2o-f-lr1e-3-s0'),
-                   ('F 1e-3 s1', 'd2o-f-lr1e-3-s1'), ('F 3e-3 s0', 'd2o-f-lr3e-3-s0')]:
-    rows += [(label, k, v) for k, v in fids(run).items()]
+settings = [('D2O', 'd2o', 2), ('D2O R1 1', 'd2o-r1g1', 2), ('F 3e-4', 'd2o-f-lr3e-4', 2), ('F 1e-3', 'd2o-f-lr1e-3', 2),
+            ('F 1e-3 R1 1', 'd2o-f-lr1e-3-r1g1', 2), ('F 3e-3', 'd2o-f-lr3e-3', 1)]
+rows, curves = [], {}
+for label, probe, seeds in settings:
+    runs = [fids(f'{probe}-s{seed}') for seed in range(seeds)]
+    rows += [(f'{label} s{seed}', k, v) for seed, run in enumerate(runs) for k, v in run.items()]
+    mean = {k: sum(run[k] for run in runs) / seeds for k in runs[0]}
+    rows += [(f'{label} mean', k, v) for k, v in mean.items()] if seeds > 1 else []
+    curves[f'{label} mean' if seeds > 1 else f'{label} s0'] = (list(mean), list(mean.values()))
 open('$out/fid-curve-d2o-f.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
-curves = {label: tuple(zip(*[(k, v) for r, k, v in rows if r == label])) for label in dict.fromkeys(r for r, _, _ in rows)}
 fid.plot_lines(curves, '$out/fid-curve-d2o-f.png', 'kimg ->', 'FID')"
-# 2026-12-04, a fifth session on that host: D2O-F at G lr 1e-3 with 10x the R1 weight (at 0.1 its seed 1 ended with
-# D winning, loss_D 0.17-0.27), both seeds
-probe d2o-f-lr1e-3-r1g1 0 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & probe d2o-f-lr1e-3-r1g1 1 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & wait
