@@ -209,10 +209,9 @@ def distributed():
     while its peer still writes files, or exits with DDP's reducer still holding the group, can abort at exit."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (('RANK', 0), ('WORLD_SIZE', 1), ('LOCAL_RANK', 0)))
     device = torch.device('cuda', local) if torch.cuda.is_available() else torch.device('cpu')
-    if device.type == 'cuda':  # exact fp32 matmuls (TF32 off), the fastest convolution algorithms
+    if device.type == 'cuda':  # exact fp32 matmuls and convolutions (TF32 off)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cudnn.benchmark = True
     if world > 1:
         torch.distributed.init_process_group('nccl' if device.type == 'cuda' else 'gloo', device_id=device if device.type == 'cuda' else None)
     try:
