@@ -234,7 +234,7 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
 def main(argv=None):
     with sample.distributed() as (rank, world, device):
         log = print if rank == 0 else (lambda *args, **kw: None)
-        torch.backends.cudnn.benchmark = device.type == 'cuda'  # fastest convolutions; not in sample.py: repeatable
+        torch.backends.cudnn.benchmark = device.type == 'cuda'  # autotuned convs (sample.py: off, repeatable)
         args, preset, state_path, state, changes = resolve_flags(argv, world, device, log)
         run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
         loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,
