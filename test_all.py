@@ -2345,8 +2345,12 @@ def test_toy_table_study_summary(tmp_path, capsys):
     assert curves[0] == 'run,kimg,fid' and 'dlr5e-3-s0,45.008,140.00' in curves and 'd2o-s1,5.008,200.00' in curves
     assert [line for line in curves if 'mean' in line] == ['d2o mean,5.008,205.00', 'd2o mean,10,174.00']
     assert len(curves) == 1 + 3 + 2 + 2 + 4 and os.path.getsize(tmp_path / 'curves.png') > 0
+    os.remove(tmp_path / 'study.md')
     with pytest.raises(SystemExit, match='--curves d2o-s2 is neither a probe nor a run of .* pick from d2o, dlr5e-3'):
         toy_table.main(['--study', str(tmp_path), '--curves', 'd2o,d2o-s2'])
+    assert not (tmp_path / 'study.md').exists()  # refused before writing
+    with pytest.raises(SystemExit, match='--study .*nowhere is not a folder'):
+        toy_table.main(['--study', str(tmp_path / 'nowhere')])
     os.rename(tmp_path / 'd2o-s0', tmp_path / 'other-s0')
     os.rename(tmp_path / 'd2o-s1', tmp_path / 'other-s1')
     with pytest.raises(SystemExit, match='holds no d2o-sSEED run'):

@@ -152,6 +152,8 @@ def write_fid_curves(path, curves):
 def study(out, curves, plot):
     """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5, 10 and 40 kimg (the
     targets' budget) and at its last evaluation, per seed, and the mean of the seeds at 10 kimg."""
+    if not os.path.isdir(out):
+        sys.exit(f'error: --study {out} is not a folder; give the folder of the study\'s runs (NAME-sSEED in it)')
     runs = {}  # name: (probe, seed, options, {kimg: FID})
     for name in sorted(os.listdir(out)):
         probe, _, seed = name.rpartition('-s')
@@ -164,6 +166,12 @@ def study(out, curves, plot):
     if 'd2o' not in probes:
         sys.exit(f'error: --study {out} holds no d2o-sSEED run (the preset, `python train.py --fid-every 5`) to compare '
                  'the probes with')
+    groups = {}  # the curves: a probe, all its seeds; a run (NAME-sSEED), that one
+    for item in curves:
+        groups[item] = {name: run[3] for name, run in runs.items() if item in (name, run[0])}
+        if not groups[item]:
+            sys.exit(f'error: --curves {item} is neither a probe nor a run of {out} with FIDs; pick from '
+                     f'{", ".join(sorted(probes))} (or one of their NAME-sSEED runs)')
     base_args = next(iter(probes['d2o'].values()))[0]  # a flag it lacks (older than the flag): the flag's default
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
@@ -184,12 +192,6 @@ def study(out, curves, plot):
     with open(os.path.join(out, 'study.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
-    groups = {}  # a probe: all its seeds; a run (NAME-sSEED): that one
-    for item in curves:
-        groups[item] = {name: run[3] for name, run in runs.items() if item in (name, run[0])}
-        if not groups[item]:
-            sys.exit(f'error: --curves {item} is neither a probe nor a run of {out} with FIDs; pick from '
-                     f'{", ".join(sorted(probes))} (or one of their NAME-sSEED runs)')
     if groups:
         write_fid_curves(os.path.join(out, plot), groups)
 
