@@ -133,3 +133,4 @@ probe d2o-r1g1-200 0 200 --r1-gamma 1 --fid-every 20 & probe d2o-r1g1-200 1 200 
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
     --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
+python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200
