@@ -23,7 +23,6 @@ and EMA; then the img/s per GPU that this would allow at a stated fraction of an
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -72,7 +71,7 @@ def loop_seconds_per_iter(root, teacher, ds, args, level, *extra):
     train.main(['--data', ds, '--init', teacher, '--batch', str(args.batch), '--dwidth', str(args.dwidth), '--kimg', str(kimg),
                 '--tick', str(args.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run,
                 *extra])
-    seconds = [json.loads(l)['sec_per_kimg'] * args.batch / 1000 for l in open(os.path.join(run, 'metrics.jsonl'))]
+    seconds = [record['sec_per_kimg'] * args.batch / 1000 for record in ckpt.read_metrics(run)]
     return float(np.median(seconds[2:])), sum(seconds[:2])
 
 

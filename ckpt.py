@@ -18,7 +18,7 @@ Public names:
                                          $D2O_WEIGHTS (folders, files, NAME=FILE) or the cache, else downloaded;
                                          offline, one error names every missing file
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
-    resume_point, save_state, open_rundir, append_metrics, state_dicts, load_state_dicts   train.py's run
+    resume_point, save_state, open_rundir, append_metrics, read_metrics, state_dicts, load_state_dicts   train.py's run
                                          directory: states, status lines, options
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
     typed_flags, resume_flags            which flags were typed; a resumed run keeps its own flags
@@ -642,23 +642,32 @@ def open_rundir(rundir, nimg, options):
     os.makedirs(rundir, exist_ok=True)
     for tmp in glob.glob(os.path.join(rundir, '*.tmp')):
         os.remove(tmp)
-    path, keep = os.path.join(rundir, 'metrics.jsonl'), []
+    path = os.path.join(rundir, 'metrics.jsonl')
     if os.path.isfile(path):
-        with open(path) as f:
-            for line in f if nimg else ():
-                try:
-                    if round(json.loads(line)['kimg'] * 1000) > nimg:
-                        break
-                except (ValueError, KeyError, TypeError):
-                    break
-                keep.append(line)
-        atomic_write(path, lambda f: f.write(''.join(keep).encode()))
+        keep = [record for record in read_metrics(rundir) if round(record['kimg'] * 1000) <= nimg] if nimg else []
+        atomic_write(path, lambda f: f.write(''.join(json.dumps(record) + '\n' for record in keep).encode()))
     atomic_write(os.path.join(rundir, 'options.json'), lambda f: f.write(json.dumps(options, indent=1).encode()))
 
 
 def append_metrics(rundir, line):
     with open(os.path.join(rundir, 'metrics.jsonl'), 'a') as f:
         f.write(json.dumps(line) + '\n')
+
+
+def read_metrics(rundir):
+    """The records of rundir/metrics.jsonl in order, up to the first damaged one (half a line: a run killed while
+    writing it); [] without the file."""
+    records, path = [], os.path.join(rundir, 'metrics.jsonl')
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    float(record['kimg'])
+                except (ValueError, KeyError, TypeError):
+                    break
+                records.append(record)
+    return records
 
 
 def state_dicts(objects, **values):

@@ -73,11 +73,8 @@ RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('random', ['--i
 
 def images_done(rundir):
     """Images a run has trained on, from the last line of its metrics.jsonl (0 before its first status line)."""
-    try:
-        with open(os.path.join(rundir, 'metrics.jsonl')) as f:
-            return round(json.loads(f.readlines()[-1])['kimg'] * 1000)
-    except (OSError, IndexError, ValueError, KeyError):
-        return 0
+    records = ckpt.read_metrics(rundir)
+    return round(records[-1]['kimg'] * 1000) if records else 0
 
 
 def train_runs(args):
@@ -121,18 +118,10 @@ def fid_records(rundir):
     measured in the loop); None where they are missing or unreadable."""
     try:
         with open(os.path.join(rundir, 'options.json')) as f:
-            options, fids = json.load(f), {}
-        with open(os.path.join(rundir, 'metrics.jsonl')) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:  # half a line: a run killed while writing it (train.py drops it when it resumes)
-                    break
-                if record.get('fid') is not None:
-                    fids[record['kimg']] = record['fid']
+            options = json.load(f)
     except (OSError, ValueError):
         return None
-    return options, fids
+    return options, {record['kimg']: record['fid'] for record in ckpt.read_metrics(rundir) if record.get('fid') is not None}
 
 
 def write_fid_curves(path, curves):

@@ -115,7 +115,7 @@ MUTANTS = [
      "--reinit io keeps the output layers (and re-initialises them under --reinit inner)"),
     ('metrics-no-start-fid', 'train.py', [('if line is not None or fid_value is not None:', 'if line is not None:')],
      "metrics.jsonl lacks the FID at 0 kimg (the records toy_table.py --study reads)"),
-    ('fresh-start-keeps-lines', 'ckpt.py', [('for line in f if nimg else ():', 'for line in f:')],
+    ('fresh-start-keeps-lines', 'ckpt.py', [("if round(record['kimg'] * 1000) <= nimg] if nimg else []", "if round(record['kimg'] * 1000) <= nimg]")],
      "a run started afresh in an old run's folder keeps that run's start line (its FID at 0 kimg twice)"),
     ('study-mean-one-seed', 'toy_table.py', [('float(np.mean([fids[kimg] for fids in runs.values()]))', 'float(next(iter(runs.values()))[kimg])')],
      "--study's curve of a probe is its first seed's, not the seeds' mean"),
