@@ -18,8 +18,8 @@ Public names:
                                          $D2O_WEIGHTS (folders, files, NAME=FILE) or the cache, else downloaded;
                                          offline, one error names every missing file
     atomic_write(path, write), atomic_save(obj, path), load_verified(path)
-    resume_point, save_state, open_rundir, append_metrics, read_metrics, state_dicts, load_state_dicts   train.py's run
-                                         directory: states, status lines, options
+    resume_point, save_state, open_rundir, append_metrics, read_metrics, read_fids, state_dicts, load_state_dicts
+                                         train.py's run directory: states, status lines and FIDs, options
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
     typed_flags, resume_flags            which flags were typed; a resumed run keeps its own flags
 
@@ -668,6 +668,11 @@ def read_metrics(rundir):
                     break
                 records.append(record)
     return records
+
+
+def read_fids(rundir):
+    """The (kimg, FID) pairs that rundir/metrics.jsonl records: a run's FID history (train.py resumes it from here)."""
+    return [(record['kimg'], record['fid']) for record in read_metrics(rundir) if record.get('fid') is not None]
 
 
 def state_dicts(objects, **values):

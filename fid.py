@@ -393,7 +393,7 @@ class LoopFID:
     """FID during training (train.py): `num` generated images vs the statistics of `ref_num` images of the training
     set. Without a detector it is off and says why; `history` holds (kimg, FID)."""
     def __init__(self, path, dataset, num, ref_num, device, rank=0, world=1, log=print, weights=None, history=None):
-        self.history = [tuple(kv) for kv in history or []]  # a resumed run's (kimg, FID) so far
+        self.history = list(history or [])  # a resumed run's (kimg, FID) so far
         self.num, self.device, self.rank, self.world, self.log = num, device, rank, world, log
         try:
             self.detector, self.off = load_detector(weights, device), None
@@ -441,10 +441,9 @@ def radial_spectrum(images):
 
 def write_spectra(curves, dest):
     """curves {label: array} -> DEST.csv (one column per label) and DEST.png."""
-    with open(dest + '.csv', 'w') as f:
-        f.write('radius,' + ','.join(curves) + '\n')
-        for k in range(len(next(iter(curves.values())))):
-            f.write(f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n')
+    text = 'radius,' + ','.join(curves) + '\n' + ''.join(
+        f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n' for k in range(len(next(iter(curves.values())))))
+    ckpt.atomic_write(dest + '.csv', lambda f: f.write(text.encode()))
     plot_spectra(curves, dest + '.png')
 
 
@@ -477,7 +476,7 @@ def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
                for a, b in zip(x, y)]
         d.line(pts, fill=colours[i % len(colours)], width=2)
         d.text((right + 8, top + 14 * i), label[:18], fill=colours[i % len(colours)])
-    img.save(path)
+    ckpt.atomic_write(path, lambda f: img.save(f, format='PNG'))
 
 # ----------------------------------------------------------------------------------------------------------------
 

@@ -189,8 +189,7 @@ def save_grid(images, path, cols=None, min_width=512):
         grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = img.transpose(1, 2, 0)
     scale = max(1, -(-min_width // (cols * w)))
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(path)
+    ckpt.atomic_write(path, lambda f: Image.fromarray(grid[:, :, 0] if c == 1 else grid).save(f, format='PNG'))
 
 
 def parse_seeds(s):

@@ -19,9 +19,9 @@ of --ref-num real toy images; small N biases FID upwards, fine for comparisons w
   FID against kimg of D2O and both DiffRatio forms, evaluated every --fid-every kimg in the runs (fid-curve.csv/png).
 Outputs go to --out (table.md, grids, spectrum.csv/png, fid-curve.csv/png, the runs).
 
---study DIR tabulates train.py runs in DIR/NAME-sSEED (made with --fid-every; NAME "d2o" is the preset) instead, from
+--study DIR tabulates train.py runs in DIR/NAME-sSEED (made with --fid-every; NAME "d2o" is the reference) instead, from
 the records each run keeps (options.json, metrics.jsonl; not the training states, which need not be kept): each
-probe's flags that differ from the preset's, its FIDs per seed and their mean -> DIR/study.md, and FID against kimg of
+probe's flags that differ from the reference's, its FIDs per seed and their mean -> DIR/study.md, and FID against kimg of
 the probes or runs named in --curves -> DIR/PLOT.csv/png.
 """
 
@@ -121,7 +121,7 @@ def fid_records(rundir):
             options = json.load(f)
     except (OSError, ValueError):
         return None
-    return options, {record['kimg']: record['fid'] for record in ckpt.read_metrics(rundir) if record.get('fid') is not None}
+    return options, dict(ckpt.read_fids(rundir))
 
 
 def write_fid_curves(path, curves):
@@ -133,8 +133,8 @@ def write_fid_curves(path, curves):
         kimgs = sorted(set.intersection(*(set(fids) for fids in runs.values())))
         lines[label] = (kimgs, [float(np.mean([fids[kimg] for fids in runs.values()])) for kimg in kimgs])
         rows += [(f'{label} mean', kimg, value) for kimg, value in zip(*lines[label])] if len(runs) > 1 else []
-    with open(path + '.csv', 'w') as f:
-        f.write('run,kimg,fid\n' + ''.join(f'{run},{kimg:g},{value:.2f}\n' for run, kimg, value in rows))
+    text = 'run,kimg,fid\n' + ''.join(f'{run},{kimg:g},{value:.2f}\n' for run, kimg, value in rows)
+    ckpt.atomic_write(path + '.csv', lambda f: f.write(text.encode()))
     fid.plot_lines(lines, path + '.png', 'kimg ->', 'FID')
 
 
@@ -153,8 +153,8 @@ def study(out, curves, plot):
     for probe, seed, options, fids in runs.values():
         probes.setdefault(probe, {})[seed] = (options, {round(kimg): value for kimg, value in fids.items()})
     if 'd2o' not in probes:
-        sys.exit(f'error: --study {out} holds no d2o-sSEED run (the preset, `python train.py --fid-every 5`) to compare '
-                 'the probes with')
+        sys.exit(f'error: --study {out} holds no d2o-sSEED run (the reference, e.g. `python train.py --fid-every 5`) to '
+                 'compare the probes with')
     groups = {}  # the curves: a probe, all its seeds; a run (NAME-sSEED), that one
     for item in curves:
         groups[item] = {name: run[3] for name, run in runs.items() if item in (name, run[0])}
@@ -165,7 +165,7 @@ def study(out, curves, plot):
     cell = lambda runs, kimg: ' / '.join(f'{fids[kimg]:.1f}' if kimg in fids else '-' for _, fids in runs.values())
     mean = lambda runs, kimg: f'{np.mean([fids[kimg] for _, fids in runs.values()]):.1f}' \
         if all(kimg in fids for _, fids in runs.values()) else '-'
-    table = ['| probe | flags (vs the preset) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | at 40 kimg | '
+    table = ['| probe | flags (vs d2o) | seeds | FID at 5 kimg | at 10 kimg | mean at 10 | at 40 kimg | '
              'last (kimg: FID per seed) |',
              '|---|---|---|---|---|---|---|---|']
     for probe, seeds in sorted(probes.items(), key=lambda item: (item[0] != 'd2o', item[0])):
@@ -174,12 +174,11 @@ def study(out, curves, plot):
                          f'--{k.replace("_", "-")} {options[k]}' for k in options
                          if k not in NOT_PROBED and options[k] != base_args.get(k, train.parser.get_default(k)))
         last = ', '.join(f'{max(fids)}: {fids[max(fids)]:.1f}' for _, fids in seeds.values())
-        table.append(f'| {probe} | {flags or "(the preset)"} | {", ".join(map(str, seeds))} | {cell(seeds, 5)} | '
+        table.append(f'| {probe} | {flags or "(none)"} | {", ".join(map(str, seeds))} | {cell(seeds, 5)} | '
                      f'{cell(seeds, 10)} | {mean(seeds, 10)} | {cell(seeds, 40)} | {last} |')
     text = '\n'.join([f'The toy D2O study: runs in {out}, FID of {base_args["fid_num"]} samples vs {base_args["fid_ref"]} '
                       'real images, per seed (a / b) and the mean of the seeds.', '', *table])
-    with open(os.path.join(out, 'study.md'), 'w') as f:
-        f.write(text + '\n')
+    ckpt.atomic_write(os.path.join(out, 'study.md'), lambda f: f.write(text.encode() + b'\n'))
     print(text)
     if groups:
         write_fid_curves(os.path.join(out, plot), groups)
@@ -269,8 +268,7 @@ def main(argv=None):
                       'High-frequency share of spectral power (radius >= R/4): ' + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()),
                       '', f'GAN run wall times ({args.jobs} at a time, one thread each): ' +
                       ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
-    with open(os.path.join(args.out, 'table.md'), 'w') as f:
-        f.write(text + '\n')
+    ckpt.atomic_write(os.path.join(args.out, 'table.md'), lambda f: f.write(text.encode() + b'\n'))
     print(text)
 
 if __name__ == '__main__':

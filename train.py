@@ -47,7 +47,7 @@ PRESETS = {
     'imagenet64': dict(data='datasets/imagenet-64x64.zip', init='edm-imagenet-64x64-cond-adm',
                        lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
     'toy': dict(data=data.toy_path(16), init='assets/toy-edm.pt', disc='resnet',
-                lr=1e-4, batch=16, kimg=12, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+                lr=1e-4, batch=16, kimg=20, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
@@ -227,8 +227,8 @@ def snapshot(run, loop_fid, kept, log, line=None, final=False):
     ckpt.save_snapshot(args.rundir, nimg, run.G_ema, verifier, best, **meta)
     if line is not None or fid_value is not None:  # the start's FID (no status line yet) is a record too
         ckpt.append_metrics(args.rundir, dict(line or dict(kimg=0), fid=fid_value))
-    ckpt.save_state(ckpt.state_dicts(run.parts, nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args))),
-                                     fid_history=loop_fid.history if loop_fid else []), args.rundir, kept)
+    ckpt.save_state(ckpt.state_dicts(run.parts, nimg=nimg, it=run.it, args=json.loads(json.dumps(vars(args)))),
+                    args.rundir, kept)
 
 
 def main(argv=None):
@@ -237,8 +237,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = device.type == 'cuda'  # autotuned convs (sample.py: off, repeatable)
         args, preset, state_path, state, changes = resolve_flags(argv, world, device, log)
         run, dataset = setup(args, preset, state, state_path, changes, rank, world, device, log)
+        history = ckpt.read_fids(args.rundir) if rank == 0 else []  # a resumed run's FIDs, as rank 0 recorded them
         loop_fid = fid.LoopFID(preset['data'], dataset, args.fid_num, args.fid_ref, device, rank, world, log,
-                               args.weights, history=state and state.get('fid_history')) if args.fid_num else None
+                               args.weights, history) if args.fid_num else None
         kept = ckpt.kept_states(state_path, args.rundir)  # this run directory's states, pruned to the newest two
         del state  # loaded: do not hold a second copy of every tensor through the run
         train(run, dataset, loop_fid, kept, log)

@@ -119,6 +119,10 @@ MUTANTS = [
      "a run started afresh in an old run's folder keeps that run's start line (its FID at 0 kimg twice)"),
     ('study-mean-one-seed', 'toy_table.py', [('float(np.mean([fids[kimg] for fids in runs.values()]))', 'float(next(iter(runs.values()))[kimg])')],
      "--study's curve of a probe is its first seed's, not the seeds' mean"),
+    ('fid-history-not-resumed', 'train.py', [("history = ckpt.read_fids(args.rundir) if rank == 0 else []", "history = []")],
+     "a resumed run forgets its earlier FIDs: its closing summary and best-snapshot flag see only this session's"),
+    ('resnet-r1-gamma-0.1', 'disc.py', [("RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=1.0)", "RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=0.1)")],
+     "the ResNet D's R1 weight is the former 0.1, not the toy study's 1"),
 ]
 
 

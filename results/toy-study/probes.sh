@@ -4,10 +4,13 @@
 # thread per run, several at once (a run is bit-identical to the same run alone on the same host). Each run's folder
 # keeps options.json and metrics.jsonl in git; study.md and the curves come from them (the commands at the end).
 out=results/toy-study
+# The preset's R1 weight was 0.1 when these ran (the ResNet D's default until 2026-12-04, now 1): every probe states it,
+# and a probe's own --r1-gamma, coming later, wins.
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
     mkdir -p "$out/$name-s$seed"
-    OMP_NUM_THREADS=1 python train.py --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" --rundir "$out/$name-s$seed" \
+    OMP_NUM_THREADS=1 python train.py --r1-gamma 0.1 --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" \
+        --rundir "$out/$name-s$seed" \
         >> "$out/$name-s$seed/log.txt" 2>&1
 }
 # 10-kimg probes, four at a time (each holds ~2 GB)
@@ -129,6 +132,11 @@ probe d2o-r1g1 0 40 --r1-gamma 1 --fid-every 10 & probe d2o-r1g1 1 40 --r1-gamma
 # from d2o-r1g1-s0's): D2O at R1 gamma 1 to 200 kimg, both seeds, FID every 10 kimg to 40 and every 20 after
 probe d2o-r1g1-200 0 40 --r1-gamma 1 --fid-every 10 & probe d2o-r1g1-200 1 40 --r1-gamma 1 --fid-every 10 & wait
 probe d2o-r1g1-200 0 200 --r1-gamma 1 --fid-every 20 & probe d2o-r1g1-200 1 200 --r1-gamma 1 --fid-every 20 & wait
+# 2026-12-04, after R1 gamma 1 became the ResNet D's default (the same host as d2o-r1g1-200), beside the toy table's
+# rerun: does a yet higher R1 weight, or a 3x G lr held back by gamma 1 (as D2O-F's best), go further at 40 kimg?
+# The lr probe was stopped at 20 kimg (behind gamma 1 at both seeds at 10 and 20 kimg, seed 1 rising), so it reads:
+probe r1g3 0 40 --r1-gamma 3 --fid-every 10 & probe r1g3 1 40 --r1-gamma 3 --fid-every 10 &
+probe r1g1-lr3e-4 0 20 --r1-gamma 1 --lr 3e-4 --fid-every 10 & probe r1g1-lr3e-4 1 20 --r1-gamma 1 --lr 3e-4 --fid-every 10 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
