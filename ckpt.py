@@ -17,7 +17,7 @@ Public names:
     WEIGHTS, weight_files(names, weights) the published backbone and detector files: found through --weights /
                                          $D2O_WEIGHTS (folders, files, NAME=FILE) or the cache, else downloaded;
                                          offline, one error names every missing file
-    atomic_write(path, write), atomic_save(obj, path), load_verified(path)
+    atomic_write(path, write), atomic_text(path, text), atomic_save(obj, path), load_verified(path)
     resume_point, save_state, open_rundir, append_metrics, read_metrics, read_fids, state_dicts, load_state_dicts
                                          train.py's run directory: states, status lines and FIDs, options
     Parser, number(kind, low), Progress  every script's command line: one-line errors, progress of long steps
@@ -492,6 +492,11 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
+def atomic_text(path, text):
+    """atomic_write of a text file (UTF-8)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def atomic_save(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -645,8 +650,8 @@ def open_rundir(rundir, nimg, options):
     path = os.path.join(rundir, 'metrics.jsonl')
     if os.path.isfile(path):
         keep = [record for record in read_metrics(rundir) if round(record['kimg'] * 1000) <= nimg] if nimg else []
-        atomic_write(path, lambda f: f.write(''.join(json.dumps(record) + '\n' for record in keep).encode()))
-    atomic_write(os.path.join(rundir, 'options.json'), lambda f: f.write(json.dumps(options, indent=1).encode()))
+        atomic_text(path, ''.join(json.dumps(record) + '\n' for record in keep))
+    atomic_text(os.path.join(rundir, 'options.json'), json.dumps(options, indent=1))
 
 
 def append_metrics(rundir, line):

@@ -443,7 +443,7 @@ def write_spectra(curves, dest):
     """curves {label: array} -> DEST.csv (one column per label) and DEST.png."""
     text = 'radius,' + ','.join(curves) + '\n' + ''.join(
         f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n' for k in range(len(next(iter(curves.values())))))
-    ckpt.atomic_write(dest + '.csv', lambda f: f.write(text.encode()))
+    ckpt.atomic_text(dest + '.csv', text)
     plot_spectra(curves, dest + '.png')
 
 

@@ -134,7 +134,7 @@ def write_fid_curves(path, curves):
         lines[label] = (kimgs, [float(np.mean([fids[kimg] for fids in runs.values()])) for kimg in kimgs])
         rows += [(f'{label} mean', kimg, value) for kimg, value in zip(*lines[label])] if len(runs) > 1 else []
     text = 'run,kimg,fid\n' + ''.join(f'{run},{kimg:g},{value:.2f}\n' for run, kimg, value in rows)
-    ckpt.atomic_write(path + '.csv', lambda f: f.write(text.encode()))
+    ckpt.atomic_text(path + '.csv', text)
     fid.plot_lines(lines, path + '.png', 'kimg ->', 'FID')
 
 
@@ -178,7 +178,7 @@ def study(out, curves, plot):
                      f'{cell(seeds, 10)} | {mean(seeds, 10)} | {cell(seeds, 40)} | {last} |')
     text = '\n'.join([f'The toy D2O study: runs in {out}, FID of {base_args["fid_num"]} samples vs {base_args["fid_ref"]} '
                       'real images, per seed (a / b) and the mean of the seeds.', '', *table])
-    ckpt.atomic_write(os.path.join(out, 'study.md'), lambda f: f.write(text.encode() + b'\n'))
+    ckpt.atomic_text(os.path.join(out, 'study.md'), text + '\n')
     print(text)
     if groups:
         write_fid_curves(os.path.join(out, plot), groups)
@@ -268,7 +268,7 @@ def main(argv=None):
                       'High-frequency share of spectral power (radius >= R/4): ' + ', '.join(f'{k} {v:.3f}' for k, v in hi.items()),
                       '', f'GAN run wall times ({args.jobs} at a time, one thread each): ' +
                       ', '.join(f'{k} {t:.1f} min' for k, (_, t) in runs.items())])
-    ckpt.atomic_write(os.path.join(args.out, 'table.md'), lambda f: f.write(text.encode() + b'\n'))
+    ckpt.atomic_text(os.path.join(args.out, 'table.md'), text + '\n')
     print(text)
 
 if __name__ == '__main__':
