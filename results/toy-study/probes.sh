@@ -99,13 +99,15 @@ for s in 80 5 2.5 1; do
     echo "D(${s}z; $s): $(python fid.py calc --images $out/raw.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1)"
 done > $out/raw-sigma.txt; rm $out/raw.npz
 # --gsigma 2.5's curves beside the preset's first 40 kimg (long-base-s0 in fid-curve.csv) -> fid-curve-gsigma.csv/png
+# (from the runs' metrics.jsonl, as their training states are not kept; their FID at 0 kimg, 179.83, was kept only
+# in those states, as metrics.jsonl did not hold the start's FID then, so it is written here)
 python -c "
 import csv, ckpt, fid
 rows = [(r['run'], float(r['kimg']), float(r['fid'])) for r in csv.DictReader(open('$out/fid-curve.csv'))
         if r['run'] == 'long-base-s0' and float(r['kimg']) <= 40]
 for run in ('gs2.5-s0', 'gs2.5-s1'):
-    rows += [(run, k, v) for k, v in ckpt.newest_state('$out/' + run, print)[1]['fid_history']]
-open('$out/fid-curve-gsigma.csv', 'w').write('run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
+    rows += [(run, 0, 179.83)] + [(run, k, v) for k, v in ckpt.read_fids('$out/' + run)]
+ckpt.atomic_text('$out/fid-curve-gsigma.csv', 'run,kimg,fid\n' + ''.join(f'{r},{k:g},{v:.2f}\n' for r, k, v in rows))
 curves = {run: tuple(zip(*[(k, v) for r, k, v in rows if r == run])) for run in dict.fromkeys(r for r, _, _ in rows)}
 fid.plot_lines(curves, '$out/fid-curve-gsigma.png', 'kimg ->', 'FID')"
 # D2O-F at 3x the G lr (its trainable 17 % are norms, affines, 1x1 skips, qkv and the in/out convs), 2026-12-03 on a
