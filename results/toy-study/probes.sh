@@ -139,8 +139,14 @@ probe d2o-r1g1-200 0 200 --r1-gamma 1 --fid-every 20 & probe d2o-r1g1-200 1 200 
 # The lr probe was stopped at 20 kimg (behind gamma 1 at both seeds at 10 and 20 kimg, seed 1 rising), so it reads:
 probe r1g3 0 40 --r1-gamma 3 --fid-every 10 & probe r1g3 1 40 --r1-gamma 3 --fid-every 10 &
 probe r1g1-lr3e-4 0 20 --r1-gamma 1 --lr 3e-4 --fid-every 10 & probe r1g1-lr3e-4 1 20 --r1-gamma 1 --lr 3e-4 --fid-every 10 & wait
+# 2026-12-04, a later session on the same host (a 1-kimg run at --r1-gamma 1 repeats d2o-r1g1-200-s0's losses to the
+# last digit): R1 gamma 3 on to 200 kimg, both seeds, FID every 20 kimg, for its long curve beside gamma 1's
+probe r1g3 0 200 --r1-gamma 3 --fid-every 20 & probe r1g3 1 200 --r1-gamma 3 --fid-every 20 & wait
+# then the R1 interval (lazy R1 every 4 iterations instead of 16, at the preset's gamma 1; the weight per R1 step
+# scales with the interval, so the regulariser's mean is the same, applied 4x as often)
+probe r1i4 0 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & probe r1i4 1 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
     --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
-python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200
+python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200,r1g3
