@@ -441,9 +441,9 @@ def radial_spectrum(images):
 
 def write_spectra(curves, dest):
     """curves {label: array} -> DEST.csv (one column per label) and DEST.png."""
-    text = 'radius,' + ','.join(curves) + '\n' + ''.join(
-        f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values()) + '\n' for k in range(len(next(iter(curves.values())))))
-    ckpt.atomic_text(dest + '.csv', text)
+    rows = ['radius,' + ','.join(curves)] + [f'{k},' + ','.join(f'{v[k]:.6e}' for v in curves.values())
+                                           for k in range(len(next(iter(curves.values()))))]
+    ckpt.atomic_text(dest + '.csv', '\n'.join(rows) + '\n')
     plot_spectra(curves, dest + '.png')
 
 
