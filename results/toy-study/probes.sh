@@ -147,6 +147,28 @@ probe r1g3 0 200 --r1-gamma 3 --fid-every 20 & probe r1g3 1 200 --r1-gamma 3 --f
 probe r1i4 0 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & probe r1i4 1 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & wait
 # the main command itself at gamma 3 (two threads, alone; 310.46 -> 149.33 here, against 151.36 at the preset's 1)
 python train.py --r1-gamma 3 --rundir runs/main-r1g3
+# 2026-12-04, a later session on the same host: the teacher's size. Teachers 2x and 1.33x narrower than the toy
+# teacher (16 and 24 channels, 0.44M and 0.99M parameters, against 32 and 1.75M), pretrained as assets/toy-edm.pt was
+# (README's command at --arch toy16 / toy24, 500 kimg, side by side), their FIDs (-> teacher-size.txt), then D2O
+# from each at the preset's settings (seed 0 to 40 kimg, seed 1 to 20: the session's time; the four side by side):
+# is D2O's distance from its teacher a matter of size?
+teacher() {  # WIDTH -> $out/teacherWIDTH
+    mkdir -p $out/teacher$1
+    OMP_NUM_THREADS=1 python train.py --loss edm --data toy --init random --arch toy$1 --batch 128 --lr 1e-3 \
+        --lr-rampup 20 --ema 50 --kimg 500 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher$1 >> $out/teacher$1/log.txt 2>&1
+}
+teacher_fids() {  # WIDTH: FID of teacherWIDTH's Heun 18 and 8 steps (the 500 seeds of every FID here)
+    net=$out/teacher$1/network-snapshot-000500096.pt
+    for how in "--steps 18" "--steps 8"; do
+        python sample.py --net $net --seeds 0-499 --npz $out/t$1.npz $how >/dev/null
+        echo "toy$1 $how: $(python fid.py calc --images $out/t$1.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1)"
+    done; rm $out/t$1.npz
+}
+teacher 16 & teacher 24 & wait  # (500 kimg at batch 128 ends at 500,096 images)
+t16=$out/teacher16/network-snapshot-000500096.pt; t24=$out/teacher24/network-snapshot-000500096.pt
+probe t16 0 40 --init $t16 --r1-gamma 1 --fid-every 10 & probe t24 0 40 --init $t24 --r1-gamma 1 --fid-every 10 &
+probe t16 1 20 --init $t16 --r1-gamma 1 --fid-every 20 & probe t24 1 20 --init $t24 --r1-gamma 1 --fid-every 20 & wait
+teacher_fids 16 > $out/teacher-size.txt; teacher_fids 24 >> $out/teacher-size.txt
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
