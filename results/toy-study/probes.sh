@@ -94,10 +94,12 @@ probe teacher-dlr1e-3-r1g0.001 0 10 --disc teacher --dlr 1e-3 --r1-gamma 0.001
 # The kimg-0 FID of each run is the teacher's raw one-step output at that sigma
 probe gs2.5 0 40 --gsigma 2.5 & probe gs2.5 1 40 --gsigma 2.5 & wait
 # The teacher's raw one-step output D(s z; s) (sample.py --raw --sigma), the 500 seeds of every FID here -> raw-sigma.txt
-for s in 80 5 2.5 1; do
-    python sample.py --net assets/toy-edm.pt --raw --sigma $s --seeds 0-499 --npz $out/raw.npz >/dev/null
-    echo "D(${s}z; $s): $(python fid.py calc --images $out/raw.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1)"
-done > $out/raw-sigma.txt; rm $out/raw.npz
+fid_of() {  # NET [sample.py flags]: the FID line of its 500 samples of seeds 0-499 (those of every FID here)
+    python sample.py --net "$@" --seeds 0-499 --npz $out/fid-of.npz >/dev/null
+    python fid.py calc --images $out/fid-of.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1
+    rm $out/fid-of.npz
+}
+for s in 80 5 2.5 1; do echo "D(${s}z; $s): $(fid_of assets/toy-edm.pt --raw --sigma $s)"; done > $out/raw-sigma.txt
 # --gsigma 2.5's curves beside the preset's first 40 kimg (long-base-s0 in fid-curve.csv) -> fid-curve-gsigma.csv/png
 # (from the runs' metrics.jsonl, as their training states are not kept; their FID at 0 kimg, 179.83, was kept only
 # in those states, as metrics.jsonl did not hold the start's FID then, so it is written here)
@@ -157,12 +159,8 @@ teacher() {  # WIDTH -> $out/teacherWIDTH
     OMP_NUM_THREADS=1 python train.py --loss edm --data toy --init random --arch toy$1 --batch 128 --lr 1e-3 \
         --lr-rampup 20 --ema 50 --kimg 500 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher$1 >> $out/teacher$1/log.txt 2>&1
 }
-teacher_fids() {  # WIDTH: FID of teacherWIDTH's Heun 18 and 8 steps (the 500 seeds of every FID here)
-    net=$out/teacher$1/network-snapshot-000500096.pt
-    for how in "--steps 18" "--steps 8"; do
-        python sample.py --net $net --seeds 0-499 --npz $out/t$1.npz $how >/dev/null
-        echo "toy$1 $how: $(python fid.py calc --images $out/t$1.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1)"
-    done; rm $out/t$1.npz
+teacher_fids() {  # WIDTH: FID of teacherWIDTH's Heun 18 and 8 steps
+    for steps in 18 8; do echo "toy$1 --steps $steps: $(fid_of $out/teacher$1/network-snapshot-000500096.pt --steps $steps)"; done
 }
 teacher 16 & teacher 24 & wait  # (500 kimg at batch 128 ends at 500,096 images)
 t16=$out/teacher16/network-snapshot-000500096.pt; t24=$out/teacher24/network-snapshot-000500096.pt
