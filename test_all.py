@@ -347,11 +347,11 @@ def test_ckpt_starting_net_teacher_random_and_errors(tiny, tmp_path):
     other, _ = ckpt.starting_net('random', 'toy', seed=6)
     first = lambda net: next(iter(net.parameters()))
     assert torch.equal(first(toy), first(again)) and not torch.equal(first(toy), first(other))
-    for name, width in (('toy16', 16), ('toy24', 24)):  # the narrower teachers: the toy net at another width,
-        narrow, _ = ckpt.starting_net('random', name, seed=5)  # whose parameters are nearly all convs (~ width^2)
-        assert dict(narrow.init_kwargs, model_channels=32) == toy.init_kwargs
-        assert abs(unet.num_params(narrow) / unet.num_params(toy) / (width / 32) ** 2 - 1) < 0.02
-        images = narrow(torch.randn(2, 3, 16, 16), torch.tensor([80.0, 0.5]), torch.eye(4)[:2])
+    for name, width in (('toy16', 16), ('toy24', 24), ('toy64', 64)):  # the toy net at another width,
+        resized, _ = ckpt.starting_net('random', name, seed=5)  # whose parameters are nearly all convs (~ width^2)
+        assert dict(resized.init_kwargs, model_channels=32) == toy.init_kwargs
+        assert abs(unet.num_params(resized) / unet.num_params(toy) / (width / 32) ** 2 - 1) < 0.02
+        images = resized(torch.randn(2, 3, 16, 16), torch.tensor([80.0, 0.5]), torch.eye(4)[:2])
         assert images.shape == (2, 3, 16, 16) and images.isfinite().all()
     with pytest.raises(ValueError, match='--init random needs --arch'):
         ckpt.starting_net('random', None)

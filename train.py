@@ -62,7 +62,7 @@ flag = parser.add_argument
 flag('--data', default='toy', help=f'preset ({", ".join(PRESETS)}) or a dataset zip/folder')
 flag('--cond', type=int, default=None, choices=[0, 1], help='use labels (default: if the net has them)')
 flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "random"')
-flag('--arch', default=None, help='for --init random: an official name, "toy" (toy16, toy24: narrower), or a checkpoint')
+flag('--arch', default=None, help='for --init random: an official name, "toy" (toy16, toy24, toy64: its widths), or a checkpoint')
 flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
 flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
 flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default "

@@ -549,8 +549,9 @@ OFFICIAL = {
 TOY = dict(model_type='SongUNet', img_resolution=16, img_channels=3, label_dim=4, model_channels=32, channel_mult=[1, 2, 2],
            num_blocks=2, attn_resolutions=[8], dropout=0.0, embedding_type='positional', encoder_type='standard',
            decoder_type='standard', channel_mult_noise=1, resample_filter=[1, 1])
-# Narrower teachers for the toy study of teacher size (16 and 24 channels at 16x16: 0.44M and 0.99M parameters).
-ARCHS = dict(OFFICIAL, toy=TOY, toy16=dict(TOY, model_channels=16), toy24=dict(TOY, model_channels=24))  # for --arch
+# The toy net at other widths, for the toy study of teacher size (16, 24, 64 channels: 0.44M, 0.99M, 6.99M parameters;
+# a width must keep every concatenated decoder input a multiple of GroupNorm's 32 groups, which rules out 48).
+ARCHS = dict(OFFICIAL, toy=TOY, **{f'toy{width}': dict(TOY, model_channels=width) for width in (16, 24, 64)})  # --arch
 
 
 def build_edm(name):
