@@ -159,14 +159,29 @@ teacher() {  # WIDTH -> $out/teacherWIDTH
     OMP_NUM_THREADS=1 python train.py --loss edm --data toy --init random --arch toy$1 --batch 128 --lr 1e-3 \
         --lr-rampup 20 --ema 50 --kimg 500 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher$1 >> $out/teacher$1/log.txt 2>&1
 }
-teacher_fids() {  # WIDTH: FID of teacherWIDTH's Heun 18 and 8 steps
-    for steps in 18 8; do echo "toy$1 --steps $steps: $(fid_of $out/teacher$1/network-snapshot-000500096.pt --steps $steps)"; done
+teacher_fids() {  # NAME NET: FID of NET's Heun 18 and 8 steps
+    for steps in 18 8; do echo "$1 --steps $steps: $(fid_of $2 --steps $steps)"; done
 }
 teacher 16 & teacher 24 & wait  # (500 kimg at batch 128 ends at 500,096 images)
 t16=$out/teacher16/network-snapshot-000500096.pt; t24=$out/teacher24/network-snapshot-000500096.pt
 probe t16 0 40 --init $t16 --r1-gamma 1 --fid-every 10 & probe t24 0 40 --init $t24 --r1-gamma 1 --fid-every 10 &
 probe t16 1 20 --init $t16 --r1-gamma 1 --fid-every 20 & probe t24 1 20 --init $t24 --r1-gamma 1 --fid-every 20 & wait
-teacher_fids 16 > $out/teacher-size.txt; teacher_fids 24 >> $out/teacher-size.txt
+teacher_fids toy16 $t16 > $out/teacher-size.txt; teacher_fids toy24 $t24 >> $out/teacher-size.txt
+# 2026-12-04, the next session (same host): the size that counts, 64 channels (6.99M parameters, 4x the toy teacher's).
+# Its 500 kimg do not fit a session here (68 img/s on both threads), so it is pretrained to 300 kimg, alone on both
+# threads; the 24-channel teacher at 300 kimg is its reference for the shorter pretraining. Then D2O from it at the
+# preset's settings, two seeds side by side.
+mkdir -p $out/teacher64
+OMP_NUM_THREADS=2 python train.py --loss edm --data toy --init random --arch toy64 --batch 128 --lr 1e-3 \
+    --lr-rampup 20 --ema 50 --kimg 300 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher64 >> $out/teacher64/log.txt 2>&1
+t64=$out/teacher64/network-snapshot-000300032.pt  # (300 kimg at batch 128 ends at 300,032 images)
+teacher_fids toy64-300kimg $t64 >> $out/teacher-size.txt
+teacher_fids toy24-300kimg $out/teacher24/network-snapshot-000300032.pt >> $out/teacher-size.txt  # (run beside it)
+# is D2O's student moved by the teacher's pretraining length? D2O from the 24-channel teacher at 300 kimg, seed 0
+# (beside the 64-channel teacher's pretraining)
+probe t24-300 0 20 --init $out/teacher24/network-snapshot-000300032.pt --r1-gamma 1 --fid-every 10
+probe t64 0 20 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 20 --init $t64 --r1-gamma 1 --fid-every 10 & wait
+probe t64 0 30 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 30 --init $t64 --r1-gamma 1 --fid-every 10 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
