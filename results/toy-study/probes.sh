@@ -182,6 +182,7 @@ teacher_fids toy24-300kimg $out/teacher24/network-snapshot-000300032.pt >> $out/
 probe t24-300 0 20 --init $out/teacher24/network-snapshot-000300032.pt --r1-gamma 1 --fid-every 10
 probe t64 0 20 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 20 --init $t64 --r1-gamma 1 --fid-every 10 & wait
 probe t64 0 30 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 30 --init $t64 --r1-gamma 1 --fid-every 10 & wait
+probe t64 0 40 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 40 --init $t64 --r1-gamma 1 --fid-every 10 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
