@@ -571,6 +571,8 @@ def starting_net(init, arch=None, seed=0):
         raise ValueError('--init random needs --arch (an official EDM name, "toy", or a checkpoint to copy)')
     if init == 'random' and src in unet.ARCHS:
         kwargs, cls = unet.ARCHS[src], unet.EDMPrecond
+    elif init == 'random' and not os.path.isfile(src) and '://' not in src and not src.endswith(('.pkl', '.pt')):
+        raise ValueError(f'--arch {src!r} is no architecture ({", ".join(unet.ARCHS)}) and no checkpoint file')
     else:
         try:
             net, _ = read_checkpoint(src)

@@ -360,6 +360,9 @@ def test_ckpt_starting_net_teacher_random_and_errors(tiny, tmp_path):
         with pytest.raises(ValueError) as e:
             ckpt.starting_net(init, arch)
         assert str(e.value).startswith(flag + ' ') and missing in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(ValueError) as e:  # a name that is no architecture lists the ones there are, toy widths too
+        ckpt.starting_net('random', 'toy48')
+    assert str(e.value).startswith("--arch 'toy48' ") and 'toy64' in str(e.value) and '\n' not in str(e.value)
 
 
 def test_ckpt_parser_one_line_errors_and_no_abbreviations(capsys):

@@ -13,6 +13,11 @@ probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a hi
         --rundir "$out/$name-s$seed" \
         >> "$out/$name-s$seed/log.txt" 2>&1
 }
+fid_of() {  # NET [sample.py flags]: the FID line of its 500 samples of seeds 0-499 (those of every FID here)
+    python sample.py --net "$@" --seeds 0-499 --npz $out/fid-of.npz >/dev/null
+    python fid.py calc --images $out/fid-of.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1
+    rm $out/fid-of.npz
+}
 # 10-kimg probes, four at a time (each holds ~2 GB)
 probe base 0 10 & probe base 1 10 & probe dlr5e-4 0 10 --dlr 5e-4 & probe dlr5e-3 0 10 --dlr 5e-3 & wait
 probe lr3e-4 0 10 --lr 3e-4 & probe dw128 0 10 --dwidth 128 & probe ddepth2 0 10 --ddepth 2 & probe dsteps2 0 10 --d-steps 2 & wait
@@ -27,13 +32,11 @@ long_base() { OMP_NUM_THREADS=1 python train.py --kimg "$1" --fid-every 5 --snap
 long_base 80
 # EMA beyond 10 kimg: FID of G itself from a training state (EMA does not change training, so this is the --ema 0
 # run's G), with G's weights put into the G_ema snapshot of the same kimg -> ema-vs-g.txt
-fid_of_g() {  # RUNDIR NIMG(9 digits): the state's G as $out/g.pt, 500 samples as $out/g.npz, its FID
+fid_of_g() {  # RUNDIR NIMG(9 digits): the state's G as $out/g.pt, its FID
     python -c "import sys, ckpt; state = ckpt.read_state(sys.argv[1]); net, meta = ckpt.read_checkpoint(sys.argv[2])
 net.load_state_dict(state['G']); ckpt.save_checkpoint(sys.argv[3], net, **meta)" \
         "$1/training-state-$2.pt" "$1/network-snapshot-$2.pt" $out/g.pt
-    python sample.py --net $out/g.pt --seeds 0-499 --npz $out/g.npz >/dev/null
-    echo "$1 at $2 images, G itself: $(python fid.py calc --images $out/g.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz \
-        --count 500 | tail -1)"; rm $out/g.pt $out/g.npz
+    echo "$1 at $2 images, G itself: $(fid_of $out/g.pt)"; rm $out/g.pt
 }
 { fid_of_g results/toy-40kimg/d2o 000040000; fid_of_g results/toy-40kimg-s1/d2o 000040000
   fid_of_g $out/long-base-s0 000080000; } > $out/ema-vs-g.txt
@@ -94,11 +97,6 @@ probe teacher-dlr1e-3-r1g0.001 0 10 --disc teacher --dlr 1e-3 --r1-gamma 0.001
 # The kimg-0 FID of each run is the teacher's raw one-step output at that sigma
 probe gs2.5 0 40 --gsigma 2.5 & probe gs2.5 1 40 --gsigma 2.5 & wait
 # The teacher's raw one-step output D(s z; s) (sample.py --raw --sigma), the 500 seeds of every FID here -> raw-sigma.txt
-fid_of() {  # NET [sample.py flags]: the FID line of its 500 samples of seeds 0-499 (those of every FID here)
-    python sample.py --net "$@" --seeds 0-499 --npz $out/fid-of.npz >/dev/null
-    python fid.py calc --images $out/fid-of.npz --ref refs/toy-16x16-1000-bdb4b0b28d.npz --count 500 | tail -1
-    rm $out/fid-of.npz
-}
 for s in 80 5 2.5 1; do echo "D(${s}z; $s): $(fid_of assets/toy-edm.pt --raw --sigma $s)"; done > $out/raw-sigma.txt
 # --gsigma 2.5's curves beside the preset's first 40 kimg (long-base-s0 in fid-curve.csv) -> fid-curve-gsigma.csv/png
 # (from the runs' metrics.jsonl, as their training states are not kept; their FID at 0 kimg, 179.83, was kept only
@@ -154,15 +152,15 @@ python train.py --r1-gamma 3 --rundir runs/main-r1g3
 # (README's command at --arch toy16 / toy24, 500 kimg, side by side), their FIDs (-> teacher-size.txt), then D2O
 # from each at the preset's settings (seed 0 to 40 kimg, seed 1 to 20: the session's time; the four side by side):
 # is D2O's distance from its teacher a matter of size?
-teacher() {  # WIDTH -> $out/teacherWIDTH
+teacher() {  # WIDTH KIMG THREADS -> $out/teacherWIDTH: the README's teacher command at --arch toyWIDTH
     mkdir -p $out/teacher$1
-    OMP_NUM_THREADS=1 python train.py --loss edm --data toy --init random --arch toy$1 --batch 128 --lr 1e-3 \
-        --lr-rampup 20 --ema 50 --kimg 500 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher$1 >> $out/teacher$1/log.txt 2>&1
+    OMP_NUM_THREADS=$3 python train.py --loss edm --data toy --init random --arch toy$1 --batch 128 --lr 1e-3 \
+        --lr-rampup 20 --ema 50 --kimg $2 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher$1 >> $out/teacher$1/log.txt 2>&1
 }
 teacher_fids() {  # NAME NET: FID of NET's Heun 18 and 8 steps
     for steps in 18 8; do echo "$1 --steps $steps: $(fid_of $2 --steps $steps)"; done
 }
-teacher 16 & teacher 24 & wait  # (500 kimg at batch 128 ends at 500,096 images)
+teacher 16 500 1 & teacher 24 500 1 & wait  # (500 kimg at batch 128 ends at 500,096 images)
 t16=$out/teacher16/network-snapshot-000500096.pt; t24=$out/teacher24/network-snapshot-000500096.pt
 probe t16 0 40 --init $t16 --r1-gamma 1 --fid-every 10 & probe t24 0 40 --init $t24 --r1-gamma 1 --fid-every 10 &
 probe t16 1 20 --init $t16 --r1-gamma 1 --fid-every 20 & probe t24 1 20 --init $t24 --r1-gamma 1 --fid-every 20 & wait
@@ -171,9 +169,7 @@ teacher_fids toy16 $t16 > $out/teacher-size.txt; teacher_fids toy24 $t24 >> $out
 # Its 500 kimg do not fit a session here (68 img/s on both threads), so it is pretrained to 300 kimg, alone on both
 # threads; the 24-channel teacher at 300 kimg is its reference for the shorter pretraining. Then D2O from it at the
 # preset's settings, two seeds side by side.
-mkdir -p $out/teacher64
-OMP_NUM_THREADS=2 python train.py --loss edm --data toy --init random --arch toy64 --batch 128 --lr 1e-3 \
-    --lr-rampup 20 --ema 50 --kimg 300 --tick 10 --snap 50 --fid-num 0 --rundir $out/teacher64 >> $out/teacher64/log.txt 2>&1
+teacher 64 300 2
 t64=$out/teacher64/network-snapshot-000300032.pt  # (300 kimg at batch 128 ends at 300,032 images)
 teacher_fids toy64-300kimg $t64 >> $out/teacher-size.txt
 teacher_fids toy24-300kimg $out/teacher24/network-snapshot-000300032.pt >> $out/teacher-size.txt  # (run beside it)
