@@ -180,7 +180,45 @@ def _label_dropout(labels, p, training):
 # ----------------------------------------------------------------------------------------------------------------
 # The U-Nets. Module registration order is EDM's, so state_dict keys and order are identical.
 
-class SongUNet(torch.nn.Module):
+def build_decoder(dec, cout, skips, img_resolution, channel_mult, model_channels, num_blocks, attention, block_kwargs,
+                  after_level=None):
+    """Both U-Nets' decoder, lowest resolution first: two middle blocks (or an up block), then num_blocks + 1 blocks
+    that each take a skip; attention(idx, res) says which attend; after_level(level, res, cout) adds a U-Net's own
+    layers after a level. Returns the output channels."""
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        res = img_resolution >> level
+        if level == len(channel_mult) - 1:
+            dec[f'{res}x{res}_in0'] = UNetBlock(cout, cout, attention=True, **block_kwargs)
+            dec[f'{res}x{res}_in1'] = UNetBlock(cout, cout, **block_kwargs)
+        else:
+            dec[f'{res}x{res}_up'] = UNetBlock(cout, cout, up=True, **block_kwargs)
+        for idx in range(num_blocks + 1):
+            cin, cout = cout + skips.pop(), model_channels * mult
+            dec[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=attention(idx, res), **block_kwargs)
+        if after_level:
+            after_level(level, res, cout)
+    return cout
+
+
+class UNet(torch.nn.Module):
+    """What both U-Nets share besides build_decoder: the encoder's forward pass (ADM's has no aux layers)."""
+    def encode(self, x, emb):
+        """The encoder: its output and the skips the decoder takes (also disc.TeacherD's trunk)."""
+        skips, aux = [], x
+        for name, block in self.enc.items():
+            if 'aux_down' in name:
+                aux = block(aux)
+            elif 'aux_skip' in name:
+                x = skips[-1] = x + block(aux)
+            elif 'aux_residual' in name:
+                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
+            else:
+                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+                skips.append(x)
+        return x, skips
+
+
+class SongUNet(UNet):
     """DDPM++ (positional embedding, standard encoder) / NCSN++ (Fourier embedding, residual encoder, [1,3,3,1])."""
     def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
                  model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4, num_blocks=4, attn_resolutions=[16],
@@ -228,22 +266,16 @@ class SongUNet(torch.nn.Module):
         skips = [block.out_channels for name, block in self.enc.items() if 'aux' not in name]
 
         self.dec = torch.nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attn = idx == num_blocks and res in attn_resolutions  # only the last decoder block of a level
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=attn, **block_kwargs)
+
+        def output_layers(level, res, cout):  # after a decoder level: the skip decoder's aux layers, the output's
             if decoder_type == 'skip' or level == 0:
                 if decoder_type == 'skip' and level < len(channel_mult) - 1:
                     self.dec[f'{res}x{res}_aux_up'] = Conv2d(out_channels, out_channels, 0, up=True, resample_filter=resample_filter)
                 self.dec[f'{res}x{res}_aux_norm'] = GroupNorm(cout, eps=1e-6)
                 self.dec[f'{res}x{res}_aux_conv'] = Conv2d(cout, out_channels, 3, **init_zero)
+        build_decoder(  # attention only in the last decoder block of a level
+            self.dec, cout, skips, img_resolution, channel_mult, model_channels, num_blocks,
+            lambda idx, res: idx == num_blocks and res in attn_resolutions, block_kwargs, output_layers)
 
     def embed(self, noise_labels, class_labels, augment_labels=None):
         emb = self.map_noise(noise_labels)
@@ -255,21 +287,6 @@ class SongUNet(torch.nn.Module):
             emb = emb + self.map_augment(augment_labels)
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
-
-    def encode(self, x, emb):
-        """The encoder: its output and the skips the decoder takes (also the trunk of disc.TeacherD)."""
-        skips, aux = [], x
-        for name, block in self.enc.items():
-            if 'aux_down' in name:
-                aux = block(aux)
-            elif 'aux_skip' in name:
-                x = skips[-1] = x + block(aux)
-            elif 'aux_residual' in name:
-                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
-            else:
-                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-                skips.append(x)
-        return x, skips
 
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
         emb = self.embed(noise_labels, class_labels, augment_labels)
@@ -290,7 +307,7 @@ class SongUNet(torch.nn.Module):
         return aux
 
 
-class DhariwalUNet(torch.nn.Module):
+class DhariwalUNet(UNet):
     """ADM (Dhariwal & Nichol) as in EDM: adaptive scale/shift, 64 channels per attention head."""
     def __init__(self, img_resolution, in_channels, out_channels, label_dim=0, augment_dim=0,
                  model_channels=192, channel_mult=[1, 2, 3, 4], channel_mult_emb=4, num_blocks=3,
@@ -325,16 +342,8 @@ class DhariwalUNet(torch.nn.Module):
         skips = [block.out_channels for block in self.enc.values()]
 
         self.dec = torch.nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(cout, cout, attention=True, **block_kwargs)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(cout, cout, **block_kwargs)
-            else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(cout, cout, up=True, **block_kwargs)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block_kwargs)
+        cout = build_decoder(self.dec, cout, skips, img_resolution, channel_mult, model_channels, num_blocks,
+                             lambda idx, res: res in attn_resolutions, block_kwargs)
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
@@ -347,13 +356,6 @@ class DhariwalUNet(torch.nn.Module):
         if self.map_label is not None:
             emb = emb + self.map_label(_label_dropout(class_labels, self.label_dropout, self.training))
         return F.silu(emb)
-
-    def encode(self, x, emb):
-        skips = []
-        for block in self.enc.values():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-            skips.append(x)
-        return x, skips
 
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
         emb = self.embed(noise_labels, class_labels, augment_labels)
