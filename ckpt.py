@@ -617,13 +617,22 @@ def newest_state(rundir, log):
 
 
 def resume_point(rundir, resume, log):
-    """(path, state) that --resume names: "auto" the newest good state in rundir ((None, None) if none), else a file."""
+    """(path, state) that --resume names: "auto" the newest good state in rundir ((None, None) if none), "new" none
+    (start over there), else a file. "auto" in a directory whose records go past 0 kimg but that has no state (deleted,
+    or a fresh clone of a repository that keeps records only) stops: starting over would replace those records."""
     if os.path.exists(rundir) and not os.path.isdir(rundir):
         sys.exit(f'error: --rundir {rundir} is a file, not a directory; give a directory for the run')
+    if resume == 'new':
+        return None, None
     try:
-        return newest_state(rundir, log) if resume == 'auto' else (resume, read_state(resume))
+        path, state = newest_state(rundir, log) if resume == 'auto' else (resume, read_state(resume))
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         sys.exit(f'error: --resume {e}')
+    recorded = max([record['kimg'] for record in read_metrics(rundir)], default=0)
+    if state is None and recorded > 0:
+        sys.exit(f'error: {rundir} records a run to {recorded:g} kimg (metrics.jsonl) but holds no training state to '
+                 f'resume from; give another --rundir, or --resume new to start over and replace its records')
+    return path, state
 
 
 def kept_states(state_path, rundir):

@@ -1432,6 +1432,15 @@ def test_train_damaged_states_fall_back_or_stop(tiny, tmp_path, capsys):
     before = files_digest(run)
     message = train_error('--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run))
     assert 'none of the 2 training states' in message and files_digest(run) == before
+    # Records but no state (deleted, or a clone that keeps records only): one line, nothing changed; --resume new
+    # starts over and remakes the run that the records came from.
+    for path in glob_states(run):
+        os.remove(path)
+    before = files_digest(run)
+    message = train_error('--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run))
+    assert f'{run} records a run to 0.032 kimg' in message and '--resume new' in message and files_digest(run) == before
+    state = run_train(tiny, run, '--kimg', '0.032', '--snap', '0.016', '--resume', 'new')
+    assert_states_equal(state, torch.load(io.BytesIO(good_new), weights_only=True))
 
 
 def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, capsys):
@@ -2361,6 +2370,10 @@ def test_toy_table_study_summary(tmp_path, capsys):
     assert [line for line in curves if 'mean' in line] == ['d2o mean,5.008,205.00', 'd2o mean,10,174.00']
     assert len(curves) == 1 + 3 + 2 + 2 + 4 and Image.open(tmp_path / 'plots' / 'curves.png').size == (480, 320)
     assert not [name for name in os.listdir(tmp_path / 'plots') if name.endswith('.tmp')]
+    toy_table.main(['--study', str(tmp_path), '--curves', 'd2o,dlr5e-3', '--plot', 'short', '--upto', '10'])
+    short = open(tmp_path / 'short.csv').read().splitlines()  # the curves cut at 10 kimg: 45.008 and 40 left out
+    assert short == curves[:1] + [line for line in curves[1:] if float(line.split(',')[1]) <= 10]
+    assert len(short) == 1 + 3 + 2 + 2 + 2
     os.remove(tmp_path / 'study.md')
     with pytest.raises(SystemExit, match='--curves d2o-s2 is neither a probe nor a run of .* pick from d2o, dlr5e-3'):
         toy_table.main(['--study', str(tmp_path), '--curves', 'd2o,d2o-s2'])

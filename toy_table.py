@@ -25,6 +25,7 @@ probe's flags that differ from the reference's, its FIDs per seed and their mean
 the probes or runs named in --curves -> DIR/PLOT.csv/png.
 """
 
+import glob
 import json
 import os
 import subprocess
@@ -58,6 +59,7 @@ parser.add_argument('--study', default=None, help='a folder of study runs (NAME-
 parser.add_argument('--curves', default='', help='--study: comma-separated probes (the mean of their seeds) or runs '
                     '(NAME-sSEED) whose FID curves to draw')
 parser.add_argument('--plot', default='fid-curve', help="--study: the curves' file name in the folder (.csv, .png)")
+parser.add_argument('--upto', type=ckpt.number(float, 0), default=None, help='--study: draw the curves to this kimg')
 # Options of a study run that do not change what it trains (or are in the table's own columns)
 NOT_PROBED = ('rundir', 'resume', 'seed', 'kimg', 'tick', 'snap', 'fid_every', 'batch_gpu', 'precision', 'compile',
               'weights', 'world', 'source')
@@ -92,8 +94,9 @@ def train_runs(args):
             key, extra = todo.pop(0)
             rundir = os.path.join(args.out, key)
             os.makedirs(rundir, exist_ok=True)
+            resume = 'auto' if glob.glob(os.path.join(rundir, 'training-state-*.pt')) else 'new'  # over kept records
             cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', args.teacher,
-                   '--kimg', str(args.kimg), '--seed', str(args.seed), '--rundir', rundir, *extra]
+                   '--kimg', str(args.kimg), '--seed', str(args.seed), '--rundir', rundir, '--resume', resume, *extra]
             print(' '.join(cmd[1:]), f'> {rundir}/log.txt', flush=True)
             log = open(os.path.join(rundir, 'log.txt'), 'a')
             env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -138,7 +141,7 @@ def write_fid_curves(path, curves):
     fid.plot_lines(lines, path + '.png', 'kimg ->', 'FID')
 
 
-def study(out, curves, plot):
+def study(out, curves, plot, upto=None):
     """study.md from the runs in out (see the module docstring): per probe its flags, FID at 5, 10 and 40 kimg (the
     targets' budget) and at its last evaluation, per seed, and the mean of the seeds at 10 kimg."""
     if not os.path.isdir(out):
@@ -157,7 +160,8 @@ def study(out, curves, plot):
                  'compare the probes with')
     groups = {}  # the curves: a probe, all its seeds; a run (NAME-sSEED), that one
     for item in curves:
-        groups[item] = {name: run[3] for name, run in runs.items() if item in (name, run[0])}
+        groups[item] = {name: {kimg: value for kimg, value in run[3].items() if upto is None or kimg <= upto}
+                        for name, run in runs.items() if item in (name, run[0])}
         if not groups[item]:
             sys.exit(f'error: --curves {item} is neither a probe nor a run of {out} with FIDs; pick from '
                      f'{", ".join(sorted(probes))} (or one of their NAME-sSEED runs)')
@@ -236,7 +240,7 @@ def measure(args, rows, dataset, detector, ref):
 def main(argv=None):
     args = parser.parse_args(argv)
     if args.study:
-        return study(args.study, [name for name in args.curves.split(',') if name], args.plot)
+        return study(args.study, [name for name in args.curves.split(',') if name], args.plot, args.upto)
     args.runs = args.runs.split(',') if args.runs else [key for key, _, _ in RUNS]
     unknown = [key for key in args.runs if key not in [k for k, _, _ in RUNS]]
     if unknown or 'd2o' not in args.runs:

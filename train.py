@@ -95,7 +95,7 @@ flag('--compile', action='store_true', help="torch.compile G's and D's forward (
 flag('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
 # logging and checkpoints
 flag('--rundir', default=None, help='run directory (default runs/{data}-{loss}[-f{freeze}][-random])')
-flag('--resume', default='auto', help='"auto": the newest good state in the run directory, or a state file')
+flag('--resume', default='auto', help='"auto": the newest good state in the run directory, "new": start over, or a file')
 flag('--tick', type=POSITIVE, default=None, help='status line every this many kimg')
 flag('--snap', type=POSITIVE, default=None, help='snapshot, grid and state every this many kimg')
 flag('--fid-every', type=NONNEG, default=0, help='FID every this many kimg (0: only at start and end)')
