@@ -179,6 +179,21 @@ probe t24-300 0 20 --init $out/teacher24/network-snapshot-000300032.pt --r1-gamm
 probe t64 0 20 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 20 --init $t64 --r1-gamma 1 --fid-every 10 & wait
 probe t64 0 30 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 30 --init $t64 --r1-gamma 1 --fid-every 10 & wait
 probe t64 0 40 --init $t64 --r1-gamma 1 --fid-every 10 & probe t64 1 40 --init $t64 --r1-gamma 1 --fid-every 10 & wait
+# 2026-12-05 (the same host: a 1-kimg preset run repeats d2o-r1g1-200-s0's losses to the last digit). Both learning
+# rates doubled (their ratio kept): is the GAN held by its step size?
+probe lr2x 0 40 --r1-gamma 1 --lr 2e-4 --dlr 4e-3 --fid-every 10 & probe lr2x 1 40 --r1-gamma 1 --lr 2e-4 --dlr 4e-3 --fid-every 10 & wait
+# G at sigma 2.5 (its raw output 179.8 at 0 kimg) with G's lr warmed up over 5 kimg, at the present R1 weight: does the
+# head start survive the first kimg?
+f="--gsigma 2.5 --r1-gamma 1 --lr-rampup 5"
+probe gs2.5-ru5 0 10 $f & probe gs2.5-ru5 1 10 $f & wait
+probe gs2.5-ru5 0 40 $f --fid-every 10 & probe gs2.5-ru5 1 40 $f --fid-every 10 & wait
+probe gs2.5-ru5 0 60 $f --fid-every 10 & probe gs2.5-ru5 1 60 $f --fid-every 10 & wait  # (after b64-lr2x)
+# batch 64 at equal images: 4x fewer iterations, at lr2x's rates and R1 every 4 iterations (R1's weight per image kept)
+f="--r1-gamma 1 --batch 64 --lr 2e-4 --dlr 4e-3 --r1-interval 4 --fid-every 10"
+probe b64-lr2x 0 40 $f & probe b64-lr2x 1 40 $f & wait
+# both rates 4x: where does the step size start to matter?
+f="--r1-gamma 1 --lr 4e-4 --dlr 8e-3 --fid-every 10"
+probe lr4x 0 40 $f & probe lr4x 1 40 $f & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
