@@ -3,7 +3,9 @@
 # toy preset (`python train.py`) plus its flags, with FID of 500 samples vs 1,000 real images every 5 kimg; one
 # thread per run, several at once (a run is bit-identical to the same run alone on the same host). Each run's folder
 # keeps options.json and metrics.jsonl in git; study.md and the curves come from them (the commands at the end).
-out=results/toy-study
+# A clone holds the records but not the training states, so there each probe stops with one line rather than replace
+# its records: give another folder (`sh results/toy-study/probes.sh runs/toy-study`) to run them again.
+out=${1:-results/toy-study}
 # The preset's R1 weight was 0.1 when these ran (the ResNet D's default until 2026-12-04, now 1): every probe states it,
 # and a probe's own --r1-gamma, coming later, wins.
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
