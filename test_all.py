@@ -1126,9 +1126,10 @@ def test_train_fid_every_measures_on_its_own_schedule(tiny, tmp_path, monkeypatc
     assert fids()[:4] == [(0, 100), (0.016, 100 - 0.016), (0.032, 100 - 0.032), (0.048, 100 - 0.048)]  # resumed
     assert ") 100.00; after (0.064 kimg) 99.94; best 99.94" in capsys.readouterr().out  # the summary spans both runs
     assert fids()[4:] == [(0.064, 100 - 0.064)]
-    for state_file in glob_states(tmp_path / 'run'):  # no state: the same command starts afresh, every line again
+    for state_file in glob_states(tmp_path / 'run'):  # no state: --resume new starts afresh, every line again
         os.remove(state_file)
-    run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.016', '--tick', '1')
+    run_train(tiny, tmp_path / 'run', '--fid-num', '8', '--fid-every', '0.016', '--kimg', '0.016', '--tick', '1',
+              '--resume', 'new')
     assert fids() == [(0, 100), (0.016, 100 - 0.016)]
 
 
