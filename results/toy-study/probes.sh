@@ -200,13 +200,13 @@ probe lr4x 0 60 $f & probe lr4x 1 60 $f & wait  # (after the toy table's runs be
 # the same with G's lr warmed up over 5 kimg: is the 4x rates' slow first 10 kimg a too-large first step?
 f="--r1-gamma 1 --lr 4e-4 --dlr 8e-3 --lr-rampup 5 --fid-every 10"
 probe lr4x-ru5 0 40 $f & probe lr4x-ru5 1 40 $f & wait
-# 2026-12-05, a new session: lr4x from scratch to 200 kimg (FID every 10 kimg to 60, every 20 after, as
-# d2o-r1g1-200), for its long curve beside the preset's (its 10-60 kimg points repeat the runs above on one host)
-f="--r1-gamma 1 --lr 4e-4 --dlr 8e-3 --fid-every 10"
-probe lr4x 0 60 $f & probe lr4x 1 60 $f & wait
-probe lr4x 0 200 $f --fid-every 20 & probe lr4x 1 200 $f --fid-every 20 & wait
+# 2026-12-05, a new session: lr4x on to 200 kimg, FID every 20 kimg after 60 (as d2o-r1g1-200), for its long curve
+# (it ran from scratch, the states above not kept: its 10-60 kimg points repeat those runs to the last digit)
+f="--r1-gamma 1 --lr 4e-4 --dlr 8e-3 --fid-every 20"
+probe lr4x 0 200 $f & probe lr4x 1 200 $f & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
     --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
 python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200,r1g3
+python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr2x,gs2.5-ru5,b64-lr2x
