@@ -1912,6 +1912,15 @@ def test_fid_reference_cache_follows_the_dataset(tmp_path, monkeypatch, capsys):
     assert not np.allclose(first, second) and np.array_equal(second, again) and len(os.listdir('refs')) == 2
 
 
+def test_plot_lines_colours_curves_apart(tmp_path):
+    # A study plot draws up to ten curves: each in its own colour (white paper, then one colour per curve).
+    curves = {f'run{i}': ([0, 10, 20], [100 + i, 90 + 2 * i, 80 + 3 * i]) for i in range(10)}
+    fid.plot_lines(curves, tmp_path / 'c.png', 'kimg', 'FID')
+    pixels = np.asarray(Image.open(tmp_path / 'c.png').convert('RGB')).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    assert (counts >= 100).sum() == 1 + 10  # lines are ~300 pixels long and 2 wide; a text's anti-aliased edges few
+
+
 def test_fid_radial_spectrum_closed_form():
     # A pure horizontal cosine of frequency k puts all its power at radius k.
     r, k = 16, 3

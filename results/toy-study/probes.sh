@@ -204,9 +204,14 @@ probe lr4x-ru5 0 40 $f & probe lr4x-ru5 1 40 $f & wait
 # (it ran from scratch, the states above not kept: its 10-60 kimg points repeat those runs to the last digit)
 f="--r1-gamma 1 --lr 4e-4 --dlr 8e-3 --fid-every 20"
 probe lr4x 0 200 $f & probe lr4x 1 200 $f & wait
+# 2026-12-05, a later session on that host: lr4x with R1 weight 3 (does a stronger R1 keep the 4x rates stable past
+# 80 kimg?), FID every 10 kimg to 100 and every 20 after
+f="--r1-gamma 3 --lr 4e-4 --dlr 8e-3"
+probe lr4x-r1g3 0 100 $f --fid-every 10 & probe lr4x-r1g3 1 100 $f --fid-every 10 & wait
+probe lr4x-r1g3 0 200 $f --fid-every 20 & probe lr4x-r1g3 1 200 $f --fid-every 20 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
     --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
 python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200,r1g3
-python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr2x,gs2.5-ru5,b64-lr2x
+python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr4x-r1g3,lr2x,gs2.5-ru5,b64-lr2x
