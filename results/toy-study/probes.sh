@@ -209,6 +209,10 @@ probe lr4x 0 200 $f & probe lr4x 1 200 $f & wait
 f="--r1-gamma 3 --lr 4e-4 --dlr 8e-3"
 probe lr4x-r1g3 0 100 $f --fid-every 10 & probe lr4x-r1g3 1 100 $f --fid-every 10 & wait
 probe lr4x-r1g3 0 200 $f --fid-every 20 & probe lr4x-r1g3 1 200 $f --fid-every 20 & wait
+# the same rates switched on after 20 kimg of the preset (a resume takes new --lr, --dlr, --r1-gamma): does it keep
+# the preset's start and 4x's pace from 30 kimg? (its options.json holds the rates of the second part)
+probe sw20 0 20 --r1-gamma 1 --fid-every 10 & probe sw20 1 20 --r1-gamma 1 --fid-every 10 & wait
+probe sw20 0 40 $f --fid-every 10 & probe sw20 1 40 $f --fid-every 10 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
