@@ -470,7 +470,8 @@ def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
     d.text((4, top), f'{hi:.1f}', fill='black')
     d.text((4, bottom - 10), f'{lo:.1f}', fill='black')
     d.text((4, (top + bottom) // 2), ylabel[:7], fill='black')
-    colours = ['black', 'red', 'blue', 'green', 'orange', 'purple', 'brown', 'teal', 'gray', 'magenta']  # then again
+    # ten colours; an 11th curve repeats the first
+    colours = ['black', 'red', 'blue', 'green', 'orange', 'purple', 'brown', 'teal', 'gray', 'magenta']
     for i, (label, (x, y)) in enumerate(curves.items()):
         pts = [(left + (right - left) * (a - x0) / max(x1 - x0, 1e-9), bottom - (bottom - top) * (b - lo) / max(hi - lo, 1e-9))
                for a, b in zip(x, y)]
