@@ -213,6 +213,14 @@ probe lr4x-r1g3 0 200 $f --fid-every 20 & probe lr4x-r1g3 1 200 $f --fid-every 2
 # the preset's start and 4x's pace from 30 kimg? (its options.json holds the rates of the second part)
 probe sw20 0 20 --r1-gamma 1 --fid-every 10 & probe sw20 1 20 --r1-gamma 1 --fid-every 10 & wait
 probe sw20 0 40 $f --fid-every 10 & probe sw20 1 40 $f --fid-every 10 & wait
+# 2026-12-05, a third session on that host (a 1-kimg lr4x run repeated its losses to the last digit): the present preset
+# (R1 gamma 1) at 2 D steps per G step, and at batch 8 and 4 at equal images (2x and 4x the iterations; the rates and
+# R1 interval of the preset), FID every 10 kimg
+f="--r1-gamma 1 --fid-every 10"
+probe ds2 0 40 $f --d-steps 2 & probe ds2 1 40 $f --d-steps 2 & wait
+probe b8 0 40 $f --batch 8 & probe b8 1 40 $f --batch 8 & wait
+probe b8 0 60 $f --batch 8 & probe b8 1 60 $f --batch 8 & wait
+probe b4 0 40 $f --batch 4 & probe b4 1 40 $f --batch 4 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
