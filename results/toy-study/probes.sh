@@ -228,4 +228,4 @@ python toy_table.py --study $out --plot fid-curve-d2o-f \
     --curves d2o,d2o-r1g1,d2o-f-lr3e-4,d2o-f-lr1e-3,d2o-f-lr1e-3-r1g1,d2o-f-lr3e-3
 python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200,r1g3
 python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr4x-r1g3,lr2x,gs2.5-ru5,b64-lr2x
-python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 60
+python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 100
