@@ -2396,6 +2396,20 @@ def test_toy_table_study_summary(tmp_path, capsys):
         toy_table.main(['--study', str(tmp_path)])
 
 
+def test_toy_table_progress_counts_only_the_launched_run(tmp_path):
+    """toy_table.py's progress of a GAN run started over in a folder that keeps an earlier run's records (in git): those
+    records count for nothing until train.py rewrites them, then the new run's lines count."""
+    import toy_table
+    rundir, launch = str(tmp_path), time.time()
+    ckpt.append_metrics(rundir, dict(kimg=40.0))  # the earlier run's last line, written before this launch
+    os.utime(os.path.join(rundir, 'metrics.jsonl'), (launch - 100, launch - 100))
+    assert toy_table.images_done(rundir, launch) == 0
+    ckpt.open_rundir(rundir, 0, dict(kimg=40))  # train.py's first write: a new run keeps none of the earlier lines
+    assert toy_table.images_done(rundir, launch) == 0
+    ckpt.append_metrics(rundir, dict(kimg=0.016))
+    assert toy_table.images_done(rundir, launch) == 16
+
+
 def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     """toy_table.py end to end at a tiny budget: five of its GAN runs (--runs; D2O, D2O-F, random init, DiffRatio and
     a re-initialised teacher) as train.py processes, their rows and the best-of-4 rows, the spectra. The table is

@@ -73,9 +73,11 @@ RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('random', ['--i
         ('diffratio-reinit-inner', ['--loss', 'diffratio', '--reinit', 'inner'], False)]
 
 
-def images_done(rundir):
-    """Images a run has trained on, from the last line of its metrics.jsonl (0 before its first status line)."""
-    records = ckpt.read_metrics(rundir)
+def images_done(rundir, since):
+    """Images a run launched at time `since` has trained on, from the last line of its metrics.jsonl; 0 while the file
+    is older than the launch (the records of an earlier run, until train.py rewrites them) or has no line yet."""
+    path = os.path.join(rundir, 'metrics.jsonl')
+    records = ckpt.read_metrics(rundir) if os.path.isfile(path) and os.path.getmtime(path) >= since else []
     return round(records[-1]['kimg'] * 1000) if records else 0
 
 
@@ -86,8 +88,7 @@ def train_runs(args):
     todo = [(key, [args.teacher if flag == 'TEACHER' else flag for flag in extra] +
              (['--fid-every', str(args.fid_every), '--fid-num', str(args.num), '--fid-ref', str(args.ref_num)]
               if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS if key in args.runs]
-    running, runs = [], {}
-    rundirs = [os.path.join(args.out, key) for key, _ in todo]
+    running, runs, launched = [], {}, {}  # launched: rundir -> when its process started
     progress, done = ckpt.Progress('GAN runs', len(todo) * round(args.kimg * 1000), every=60), 0
     while todo or running:
         while todo and len(running) < args.jobs:
@@ -101,9 +102,10 @@ def train_runs(args):
             log = open(os.path.join(rundir, 'log.txt'), 'a')
             env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running.append((key, rundir, proc, time.time()))
+            launched[rundir] = time.time()
+            running.append((key, rundir, proc, launched[rundir]))
         time.sleep(1)
-        now = sum(min(images_done(rundir), round(args.kimg * 1000)) for rundir in rundirs)
+        now = sum(min(images_done(rundir, t), round(args.kimg * 1000)) for rundir, t in launched.items())
         progress.update(now - done)
         done = now
         for job in [j for j in running if j[2].poll() is not None]:

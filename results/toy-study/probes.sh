@@ -6,12 +6,13 @@
 # A clone holds the records but not the training states, so there each probe stops with one line rather than replace
 # its records: give another folder (`sh results/toy-study/probes.sh runs/toy-study`) to run them again.
 out=${1:-results/toy-study}
-# The preset's R1 weight was 0.1 when these ran (the ResNet D's default until 2026-12-04, now 1): every probe states it,
-# and a probe's own --r1-gamma, coming later, wins.
+# The preset's R1 weight was 0.1 when these ran (the ResNet D's default until 2026-12-04, now 1) and its batch 16 (until
+# 2026-12-05, now 8): every probe states both, and a probe's own --r1-gamma or --batch, coming later, wins. (Runs that
+# resume a training state take its batch.)
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
     mkdir -p "$out/$name-s$seed"
-    OMP_NUM_THREADS=1 python train.py --r1-gamma 0.1 --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" \
+    OMP_NUM_THREADS=1 python train.py --r1-gamma 0.1 --batch 16 --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" \
         --rundir "$out/$name-s$seed" \
         >> "$out/$name-s$seed/log.txt" 2>&1
 }
@@ -148,7 +149,7 @@ probe r1g3 0 200 --r1-gamma 3 --fid-every 20 & probe r1g3 1 200 --r1-gamma 3 --f
 # scales with the interval, so the regulariser's mean is the same, applied 4x as often)
 probe r1i4 0 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & probe r1i4 1 40 --r1-gamma 1 --r1-interval 4 --fid-every 10 & wait
 # the main command itself at gamma 3 (two threads, alone; 310.46 -> 149.33 here, against 151.36 at the preset's 1)
-python train.py --r1-gamma 3 --rundir runs/main-r1g3
+python train.py --r1-gamma 3 --batch 16 --kimg 20 --rundir runs/main-r1g3  # the main command of then
 # 2026-12-04, a later session on the same host: the teacher's size. Teachers 2x and 1.33x narrower than the toy
 # teacher (16 and 24 channels, 0.44M and 0.99M parameters, against 32 and 1.75M), pretrained as assets/toy-edm.pt was
 # (README's command at --arch toy16 / toy24, 500 kimg, side by side), their FIDs (-> teacher-size.txt), then D2O
