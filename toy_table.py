@@ -103,18 +103,18 @@ def train_runs(args):
             env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             launched[rundir] = time.time()
-            running.append((key, rundir, proc, launched[rundir]))
+            running.append((key, rundir, proc))
         time.sleep(1)
         now = sum(min(images_done(rundir, t), round(args.kimg * 1000)) for rundir, t in launched.items())
         progress.update(now - done)
         done = now
         for job in [j for j in running if j[2].poll() is not None]:
-            key, rundir, proc, t = job
+            key, rundir, proc = job
             running.remove(job)
             if proc.returncode:
                 sys.exit(f'error: the {key} run failed; see {rundir}/log.txt (rerun to resume it)')
             snap = sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1]
-            runs[key] = (os.path.join(rundir, snap), (time.time() - t) / 60)  # its D: disc-snapshot-*.pt beside it
+            runs[key] = (os.path.join(rundir, snap), (time.time() - launched[rundir]) / 60)  # its D: disc-snapshot-*.pt beside it
     return runs
 
 
