@@ -226,6 +226,13 @@ probe b8 0 100 --r1-gamma 1 --fid-every 20 --batch 8 & probe b8 1 100 --r1-gamma
 # 2026-12-05, the next session on that host (a 1-kimg lr4x run repeated its losses to the last digit): batch 8, now the
 # preset, on to 200 kimg from its kept states, for the preset's long curve beside batch 16's and lr4x-r1g3's
 probe b8 0 200 --r1-gamma 1 --fid-every 20 --batch 8 & probe b8 1 200 --r1-gamma 1 --fid-every 20 --batch 8 & wait
+# 2026-12-06, the next session on that host (a 1-kimg lr4x run repeated its losses to the last digit): D2O-F at batch 8
+# (the preset now) with the G lr that matched D2O at batch 16 (1e-3), and 3e-4
+f="--r1-gamma 1 --fid-every 10 --batch 8"
+probe b8-f-lr1e-3 0 40 $f --freeze 1 --lr 1e-3 & probe b8-f-lr1e-3 1 40 $f --freeze 1 --lr 1e-3 & wait
+probe b8-f-lr3e-4 0 40 $f --freeze 1 --lr 3e-4 & probe b8-f-lr3e-4 1 40 $f --freeze 1 --lr 3e-4 & wait
+f="--r1-gamma 1 --fid-every 20 --batch 8"  # lr 3e-4 on to 100 kimg, FID where b8 has it
+probe b8-f-lr3e-4 0 100 $f --freeze 1 --lr 3e-4 & probe b8-f-lr3e-4 1 100 $f --freeze 1 --lr 3e-4 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -234,3 +241,4 @@ python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1
 python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr4x-r1g3,lr2x,gs2.5-ru5,b64-lr2x
 python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 100
 python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3
+python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr1e-3 --upto 100
