@@ -2410,6 +2410,37 @@ def test_toy_table_progress_counts_only_the_launched_run(tmp_path):
     assert toy_table.images_done(rundir, launch) == 16
 
 
+def test_toy_table_progress_leaves_out_resumed_images(tmp_path, monkeypatch, capsys):
+    """A table run again over a finished GAN run and a new one (the README's command after a run was added): the
+    finished run's 32 images are not this launch's work, so the progress line counts only the new run's."""
+    import toy_table
+    done = tmp_path / 'd2o'
+    done.mkdir()
+    (done / 'training-state-000000032.pt').write_bytes(b'')  # names only: train.py is a stand-in here
+    ckpt.append_metrics(str(done), dict(kimg=0.032))
+
+    class FakeTrain:  # train.py as the table launches it: by its end, records rewritten up to --kimg and a snapshot
+        returncode = 0
+
+        def __init__(self, cmd, **kwargs):
+            self.rundir = cmd[cmd.index('--rundir') + 1]
+
+        def poll(self):  # ends as soon as the table looks (after its launch time, which its records must follow)
+            ckpt.open_rundir(self.rundir, 0, dict(kimg=0.032))
+            ckpt.append_metrics(self.rundir, dict(kimg=0.032))
+            open(os.path.join(self.rundir, 'network-snapshot-000000032.pt'), 'wb').close()
+            return 0
+
+    monkeypatch.setattr(toy_table.subprocess, 'Popen', FakeTrain)
+    assert toy_table.images_resumed(str(done)) == 32 and toy_table.images_resumed(str(tmp_path)) == 0
+    args = toy_table.parser.parse_args(['--out', str(tmp_path), '--kimg', '0.032', '--runs', 'd2o,d2o-f', '--jobs', '2'])
+    args.runs = args.runs.split(',')
+    runs = toy_table.train_runs(args)
+    printed = capsys.readouterr().out
+    assert '--resume auto' in printed and '--resume new' in printed and sorted(runs) == ['d2o', 'd2o-f']
+    assert 'GAN runs: 32 images ...' in printed and 'GAN runs: 32 images in ' in printed, printed
+
+
 def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     """toy_table.py end to end at a tiny budget: five of its GAN runs (--runs; D2O, D2O-F, random init, DiffRatio and
     a re-initialised teacher) as train.py processes, their rows and the best-of-4 rows, the spectra. The table is

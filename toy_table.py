@@ -10,7 +10,7 @@ Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of -
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
   --num real images held out of the reference set (the FID floor at this N);
   teacher, Heun 18 steps (35 NFE); teacher raw one-step output D(80z; 80);
-  D2O; D2O-F (frozen %); the same GAN from random initialisation;
+  D2O; D2O-F (frozen %), at D2O's G lr and at 3x it; the same GAN from random initialisation;
   DiffRatio (arXiv 2502.08005, our reconstruction) with the reverse-KL and the JS surrogate; DiffRatio from random
   init and from the teacher with its input/output layers or its inner blocks re-initialised (the paper's
   features-not-mapping study); D2O and DiffRatio best of 4, each scored by its own D (sample.BestOfN);
@@ -65,7 +65,8 @@ NOT_PROBED = ('rundir', 'resume', 'seed', 'kimg', 'tick', 'snap', 'fid_every', '
               'weights', 'world', 'source')
 
 # The GAN runs: (key, train.py flags, with an FID curve?)
-RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('random', ['--init', 'random', '--arch', 'TEACHER'], False),
+RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('d2o-f-lr3e-4', ['--freeze', '1', '--lr', '3e-4'], False),
+        ('random', ['--init', 'random', '--arch', 'TEACHER'], False),
         ('diffratio-rkl', ['--loss', 'diffratio', '--divergence', 'rkl'], True),
         ('diffratio-js', ['--loss', 'diffratio', '--divergence', 'js'], True),
         ('diffratio-random', ['--loss', 'diffratio', '--init', 'random', '--arch', 'TEACHER'], False),
@@ -81,15 +82,23 @@ def images_done(rundir, since):
     return round(records[-1]['kimg'] * 1000) if records else 0
 
 
+def images_resumed(rundir):
+    """Images of the newest training state in rundir, which a run launched there resumes from (0: none)."""
+    states = sorted(glob.glob(os.path.join(rundir, 'training-state-*.pt')))
+    return int(os.path.basename(states[-1])[len('training-state-'):-len('.pt')]) if states else 0
+
+
 def train_runs(args):
-    """The three GAN runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
+    """The GAN runs of --runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
     one-thread runs side by side make more images per second in all than one run on two threads). Each resumes if
     interrupted. -> {key: (snapshot path, wall minutes)}"""
     todo = [(key, [args.teacher if flag == 'TEACHER' else flag for flag in extra] +
              (['--fid-every', str(args.fid_every), '--fid-num', str(args.num), '--fid-ref', str(args.ref_num)]
               if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS if key in args.runs]
     running, runs, launched = [], {}, {}  # launched: rundir -> when its process started
-    progress, done = ckpt.Progress('GAN runs', len(todo) * round(args.kimg * 1000), every=60), 0
+    target = round(args.kimg * 1000)  # a resumed run's images are not this launch's work: not in the rate or the ETA
+    resumed = {os.path.join(args.out, key): min(images_resumed(os.path.join(args.out, key)), target) for key, _ in todo}
+    progress, done = ckpt.Progress('GAN runs', sum(target - n for n in resumed.values()), every=60), 0
     while todo or running:
         while todo and len(running) < args.jobs:
             key, extra = todo.pop(0)
@@ -105,9 +114,6 @@ def train_runs(args):
             launched[rundir] = time.time()
             running.append((key, rundir, proc))
         time.sleep(1)
-        now = sum(min(images_done(rundir, t), round(args.kimg * 1000)) for rundir, t in launched.items())
-        progress.update(now - done)
-        done = now
         for job in [j for j in running if j[2].poll() is not None]:
             key, rundir, proc = job
             running.remove(job)
@@ -115,6 +121,10 @@ def train_runs(args):
                 sys.exit(f'error: the {key} run failed; see {rundir}/log.txt (rerun to resume it)')
             snap = sorted(f for f in os.listdir(rundir) if f.startswith('network-snapshot'))[-1]
             runs[key] = (os.path.join(rundir, snap), (time.time() - launched[rundir]) / 60)  # its D: disc-snapshot-*.pt beside it
+        # after the polls: a run seen ended has written its last line, so the closing progress line comes
+        now = sum(max(min(images_done(rundir, t), target) - resumed[rundir], 0) for rundir, t in launched.items())
+        progress.update(now - done)
+        done = now
     return runs
 
 
@@ -198,6 +208,7 @@ def table_rows(args, runs):
     best_of_4 = lambda key: sample.BestOfN(snapshot(key), disc.load_d(runs[key][0].replace('network-', 'disc-')), 4)
     run_rows = [('d2o', 'D2O, one step', 'd2o', snapshot),
                 ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', 'd2o-f', snapshot),
+                ('d2o-f-lr3e-4', 'D2O-F at 3x the G lr (3e-4), one step', 'd2o-f-lr3e-4', snapshot),
                 ('random', 'same GAN from random init, one step', 'random', snapshot),
                 ('diffratio-rkl', 'DiffRatio (reverse KL), one step', 'diffratio-rkl', snapshot),
                 ('diffratio-js', 'DiffRatio (JS), one step', 'diffratio-js', snapshot),
