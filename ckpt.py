@@ -594,6 +594,16 @@ def state_file(rundir, nimg):
     return os.path.join(rundir, f'training-state-{nimg:09d}.pt')
 
 
+def state_files(rundir):
+    """rundir's training states, oldest first (their names sort by images seen)."""
+    return sorted(glob.glob(os.path.join(rundir, 'training-state-*.pt')))
+
+
+def state_nimg(path):
+    """The images seen by the state that state_file named path."""
+    return int(os.path.basename(path)[len('training-state-'):-len('.pt')])
+
+
 def read_state(path):
     state = load_verified(path)
     if not isinstance(state, dict) or not {'G', 'G_ema', 'opt_G', 'nimg', 'it', 'args'} <= state.keys():
@@ -604,7 +614,7 @@ def read_state(path):
 def newest_state(rundir, log):
     """(path, state) of the newest state that verifies, falling back to older ones with a message; (None, None) in a
     run directory without states. States that exist but none verifies: stop, never start afresh over a run's files."""
-    paths = sorted(glob.glob(os.path.join(rundir, 'training-state-*.pt')), reverse=True)
+    paths = state_files(rundir)[::-1]
     for i, path in enumerate(paths):
         try:
             return path, read_state(path)
@@ -646,7 +656,7 @@ def save_state(state, rundir, kept):
     kept.append(state_file(rundir, state['nimg']))
     atomic_save(state, kept[-1])
     del kept[:-2]
-    for old in glob.glob(os.path.join(rundir, 'training-state-*.pt')):
+    for old in state_files(rundir):
         if old not in kept:
             os.remove(old)
 

@@ -2432,7 +2432,7 @@ def test_toy_table_progress_leaves_out_resumed_images(tmp_path, monkeypatch, cap
             return 0
 
     monkeypatch.setattr(toy_table.subprocess, 'Popen', FakeTrain)
-    assert toy_table.images_resumed(str(done)) == 32 and toy_table.images_resumed(str(tmp_path)) == 0
+    assert ckpt.state_nimg(ckpt.state_files(str(done))[-1]) == 32 and ckpt.state_files(str(tmp_path)) == []
     args = toy_table.parser.parse_args(['--out', str(tmp_path), '--kimg', '0.032', '--runs', 'd2o,d2o-f', '--jobs', '2'])
     args.runs = args.runs.split(',')
     runs = toy_table.train_runs(args)

@@ -25,7 +25,6 @@ probe's flags that differ from the reference's, its FIDs per seed and their mean
 the probes or runs named in --curves -> DIR/PLOT.csv/png.
 """
 
-import glob
 import json
 import os
 import subprocess
@@ -82,12 +81,6 @@ def images_done(rundir, since):
     return round(records[-1]['kimg'] * 1000) if records else 0
 
 
-def images_resumed(rundir):
-    """Images of the newest training state in rundir, which a run launched there resumes from (0: none)."""
-    states = sorted(glob.glob(os.path.join(rundir, 'training-state-*.pt')))
-    return int(os.path.basename(states[-1])[len('training-state-'):-len('.pt')]) if states else 0
-
-
 def train_runs(args):
     """The GAN runs of --runs as `python train.py` processes, --jobs at a time with one thread each (measured here: two
     one-thread runs side by side make more images per second in all than one run on two threads). Each resumes if
@@ -96,15 +89,17 @@ def train_runs(args):
              (['--fid-every', str(args.fid_every), '--fid-num', str(args.num), '--fid-ref', str(args.ref_num)]
               if curve and args.fid_every else ['--fid-num', '0'])) for key, extra, curve in RUNS if key in args.runs]
     running, runs, launched = [], {}, {}  # launched: rundir -> when its process started
+    states = {key: ckpt.state_files(os.path.join(args.out, key)) for key, _ in todo}  # a run with one resumes
     target = round(args.kimg * 1000)  # a resumed run's images are not this launch's work: not in the rate or the ETA
-    resumed = {os.path.join(args.out, key): min(images_resumed(os.path.join(args.out, key)), target) for key, _ in todo}
+    resumed = {os.path.join(args.out, key): min(ckpt.state_nimg(paths[-1]), target) if paths else 0
+               for key, paths in states.items()}
     progress, done = ckpt.Progress('GAN runs', sum(target - n for n in resumed.values()), every=60), 0
     while todo or running:
         while todo and len(running) < args.jobs:
             key, extra = todo.pop(0)
             rundir = os.path.join(args.out, key)
             os.makedirs(rundir, exist_ok=True)
-            resume = 'auto' if glob.glob(os.path.join(rundir, 'training-state-*.pt')) else 'new'  # over kept records
+            resume = 'auto' if states[key] else 'new'  # 'new' over kept records
             cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py'), '--init', args.teacher,
                    '--kimg', str(args.kimg), '--seed', str(args.seed), '--rundir', rundir, '--resume', resume, *extra]
             print(' '.join(cmd[1:]), f'> {rundir}/log.txt', flush=True)
