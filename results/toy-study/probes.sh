@@ -233,6 +233,14 @@ probe b8-f-lr1e-3 0 40 $f --freeze 1 --lr 1e-3 & probe b8-f-lr1e-3 1 40 $f --fre
 probe b8-f-lr3e-4 0 40 $f --freeze 1 --lr 3e-4 & probe b8-f-lr3e-4 1 40 $f --freeze 1 --lr 3e-4 & wait
 f="--r1-gamma 1 --fid-every 20 --batch 8"  # lr 3e-4 on to 100 kimg, FID where b8 has it
 probe b8-f-lr3e-4 0 100 $f --freeze 1 --lr 3e-4 & probe b8-f-lr3e-4 1 100 $f --freeze 1 --lr 3e-4 & wait
+# 2026-12-06, the next session on that host (a 1-kimg lr4x run repeated its losses to the last digit): both lrs 2x at
+# batch 8 (the preset), the rates that were level at batch 16; D2O-F at batch 8 with a G lr between 3e-4 and 1e-3
+f="--r1-gamma 1 --fid-every 10 --batch 8"
+probe b8-lr2x 0 40 $f --lr 2e-4 --dlr 4e-3 & probe b8-lr2x 1 40 $f --lr 2e-4 --dlr 4e-3 & wait
+probe b8-f-lr5e-4 0 40 $f --freeze 1 --lr 5e-4 & probe b8-f-lr5e-4 1 40 $f --freeze 1 --lr 5e-4 & wait
+f="--r1-gamma 1 --fid-every 20 --batch 8"  # lr 5e-4 on to 100 kimg, FID where b8 has it
+probe b8-f-lr5e-4 0 100 $f --freeze 1 --lr 5e-4 & probe b8-f-lr5e-4 1 100 $f --freeze 1 --lr 5e-4 & wait
+probe b8-lr2x 0 100 $f --lr 2e-4 --dlr 4e-3 & probe b8-lr2x 1 100 $f --lr 2e-4 --dlr 4e-3 & wait  # lr2x on, likewise
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -240,5 +248,5 @@ python toy_table.py --study $out --plot fid-curve-d2o-f \
 python toy_table.py --study $out --plot fid-curve-r1g1-200 --curves d2o,d2o-r1g1,d2o-r1g1-200,r1g3
 python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr4x-s0,lr4x-s1,lr4x-r1g3,lr2x,gs2.5-ru5,b64-lr2x
 python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 100
-python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3
-python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr1e-3 --upto 100
+python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3,b8-lr2x
+python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr5e-4,b8-f-lr1e-3 --upto 100
