@@ -152,14 +152,8 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
     run.G = unet.D2OGenerator(unet.generator_net(net), args.gsigma) if run.kind == 'generator' else net
     if run.kind == 'generator':
-        try:  # --disc auto resolved, then its kind's own --dlr and --r1-gamma unless given
-            args.disc = disc.choose(args.disc, args.loss, loss.LOSSES[args.loss][2], preset.get('disc'),
-                                    dataset.resolution, args.weights, log)
-            recipe = disc.RECIPES.get(args.disc) or CUSTOM | preset  # the projected D: the preset's (toy: CUSTOM's)
-            args.dlr = args.dlr or recipe['dlr']
-            args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
-            D, run.d_desc = disc.build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim,
-                                       args.dwidth, args.weights, args.seed, run.G, args.dsigma, args.ddepth)
+        try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's)
+            D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log)
         except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
