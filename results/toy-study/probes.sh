@@ -241,6 +241,12 @@ probe b8-f-lr5e-4 0 40 $f --freeze 1 --lr 5e-4 & probe b8-f-lr5e-4 1 40 $f --fre
 f="--r1-gamma 1 --fid-every 20 --batch 8"  # lr 5e-4 on to 100 kimg, FID where b8 has it
 probe b8-f-lr5e-4 0 100 $f --freeze 1 --lr 5e-4 & probe b8-f-lr5e-4 1 100 $f --freeze 1 --lr 5e-4 & wait
 probe b8-lr2x 0 100 $f --lr 2e-4 --dlr 4e-3 & probe b8-lr2x 1 100 $f --lr 2e-4 --dlr 4e-3 & wait  # lr2x on, likewise
+# 2026-12-06, a later session on that host (the 1-kimg lr4x run's losses again to the last digit): at batch 8 the
+# 4x rates with R1 gamma 3 (the lowest 200-kimg mean at batch 16), and R1 gamma 3 alone (the latter one seed at a time,
+# beside toy_table.py's D2O-F 5e-4 row)
+f="--r1-gamma 1 --fid-every 10 --batch 8"
+probe b8-lr4x-r1g3 0 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & probe b8-lr4x-r1g3 1 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & wait
+probe b8-r1g3 0 40 $f --r1-gamma 3; probe b8-r1g3 1 40 $f --r1-gamma 3
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
