@@ -10,7 +10,7 @@ Rows (all one-step rows at an equal image budget of --kimg per GAN run, FID of -
 of --ref-num real toy images; small N biases FID upwards, fine for comparisons within the table):
   --num real images held out of the reference set (the FID floor at this N);
   teacher, Heun 18 steps (35 NFE); teacher raw one-step output D(80z; 80);
-  D2O; D2O-F (frozen %), at D2O's G lr and at 3x it; the same GAN from random initialisation;
+  D2O; D2O-F (frozen %), at D2O's G lr and at 3x and 5x it; the same GAN from random initialisation;
   DiffRatio (arXiv 2502.08005, our reconstruction) with the reverse-KL and the JS surrogate; DiffRatio from random
   init and from the teacher with its input/output layers or its inner blocks re-initialised (the paper's
   features-not-mapping study); D2O and DiffRatio best of 4, each scored by its own D (sample.BestOfN);
@@ -65,6 +65,7 @@ NOT_PROBED = ('rundir', 'resume', 'seed', 'kimg', 'tick', 'snap', 'fid_every', '
 
 # The GAN runs: (key, train.py flags, with an FID curve?)
 RUNS = [('d2o', [], True), ('d2o-f', ['--freeze', '1'], False), ('d2o-f-lr3e-4', ['--freeze', '1', '--lr', '3e-4'], False),
+        ('d2o-f-lr5e-4', ['--freeze', '1', '--lr', '5e-4'], False),
         ('random', ['--init', 'random', '--arch', 'TEACHER'], False),
         ('diffratio-rkl', ['--loss', 'diffratio', '--divergence', 'rkl'], True),
         ('diffratio-js', ['--loss', 'diffratio', '--divergence', 'js'], True),
@@ -204,6 +205,7 @@ def table_rows(args, runs):
     run_rows = [('d2o', 'D2O, one step', 'd2o', snapshot),
                 ('d2o-f', f'D2O-F ({100 * frozen / total:.1f}% frozen), one step', 'd2o-f', snapshot),
                 ('d2o-f-lr3e-4', 'D2O-F at 3x the G lr (3e-4), one step', 'd2o-f-lr3e-4', snapshot),
+                ('d2o-f-lr5e-4', 'D2O-F at 5x the G lr (5e-4), one step', 'd2o-f-lr5e-4', snapshot),
                 ('random', 'same GAN from random init, one step', 'random', snapshot),
                 ('diffratio-rkl', 'DiffRatio (reverse KL), one step', 'diffratio-rkl', snapshot),
                 ('diffratio-js', 'DiffRatio (JS), one step', 'diffratio-js', snapshot),
