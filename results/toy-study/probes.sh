@@ -247,6 +247,7 @@ probe b8-lr2x 0 100 $f --lr 2e-4 --dlr 4e-3 & probe b8-lr2x 1 100 $f --lr 2e-4 -
 f="--r1-gamma 1 --fid-every 10 --batch 8"
 probe b8-lr4x-r1g3 0 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & probe b8-lr4x-r1g3 1 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & wait
 probe b8-r1g3 0 40 $f --r1-gamma 3; probe b8-r1g3 1 40 $f --r1-gamma 3
+probe b8-dd2 0 40 $f --ddepth 2 & probe b8-dd2 1 40 $f --ddepth 2 & wait  # D depth: 2 residual blocks per resolution
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
