@@ -603,6 +603,26 @@ def test_disc_depth_adds_blocks_per_resolution():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in D.blocks.parameters())
 
 
+def test_disc_from_flags_fills_only_what_was_not_given():
+    """train.py's D from its flags: each kind's own lr and R1 weight (the ResNet D 2e-3 and 1, the ratio D 2e-3 and
+    0.1) fill --dlr and --r1-gamma only when they were not typed; --r1-gamma 0 (no R1) stays 0; the D built is the
+    named kind at --dwidth and --ddepth."""
+    dataset = types.SimpleNamespace(resolution=16, num_channels=3, label_dim=4)
+    flags = lambda **kw: argparse.Namespace(**dict(disc='resnet', loss='d2o', dlr=None, r1_gamma=None, weights=None,
+                                                   dwidth=8, ddepth=2, seed=0, dsigma=0.1) | kw)
+    preset = dict(dlr=1e-4, r1_gamma=1e-4 / 64)  # a preset's values: the projected D's, never the ResNet D's
+    cases = [(flags(), 'resnet', 2e-3, 1.0), (flags(r1_gamma=0.0), 'resnet', 2e-3, 0.0),
+             (flags(dlr=5e-3, r1_gamma=0.3), 'resnet', 5e-3, 0.3),
+             (flags(disc='auto', loss='diffratio'), 'ratio', 2e-3, 0.1)]  # auto: the loss's only kind
+    for args, kind, dlr, r1_gamma in cases:
+        kinds = ['ratio'] if args.loss == 'diffratio' else ['resnet', 'projected']
+        D, desc = disc.from_flags(args, kinds, preset, dataset, G=None, log=lambda *a: None)
+        assert (args.disc, args.dlr, args.r1_gamma) == (kind, dlr, r1_gamma)
+        assert type(D) is dict(resnet=disc.ResNetD, ratio=disc.RatioD)[kind] and len(D.blocks) == 4 and 'depth 2' in desc
+    with pytest.raises(ValueError, match='--loss d2o takes --disc resnet or projected, not ratio'):
+        disc.from_flags(flags(disc='ratio'), ['resnet', 'projected'], preset, dataset, G=None)
+
+
 def test_disc_teacher_d_is_the_encoder_at_its_noise_level(tiny, tmp_path):
     """TeacherD: its trunk starts as G's network minus the decoder, and sees an image as the teacher does at sigma
     (the teacher's own last encoder output, caught by a hook on a full forward, through D's head gives D's logits);
