@@ -38,6 +38,16 @@ def reverse_kl_g_loss(logits):
     return -sum(l.flatten(1).mean(1) for l in logits)
 
 
+def rp_g_loss(fake_logits, real_logits):
+    """RpGAN's G loss (--gan rp; arXiv 2501.05441, Sec. 2): softplus(l_real - l_fake), each fake against the real
+    image at its batch position, mean over positions, summed over D's branches."""
+    return sum(F.softplus(r - f).flatten(1).mean(1) for f, r in zip(fake_logits, real_logits))
+
+
+def rp_d_loss(fake_logits, real_logits):
+    return sum(F.softplus(f - r).flatten(1).mean(1) for f, r in zip(fake_logits, real_logits))
+
+
 # DiffRatio's G surrogates (--divergence). JS is the non-saturating GAN loss at each noise level: the exact JS
 # gradient weighs grad_x d by sigmoid(d)/2 (the saturating form), the usual practical substitute by 1 - sigmoid(d).
 DIVERGENCES = dict(rkl=reverse_kl_g_loss, js=g_loss)
@@ -63,18 +73,21 @@ class DObjective(torch.nn.Module):
         self.D = D
         object.__setattr__(self, 'fast', D if fast is None else fast)  # D's compiled forward, out of the module tree
 
-    def forward(self, real, fake, labels, r1_weight=0.0, real_kw=None, fake_kw=None):
-        """*_kw: D's keyword arguments for each set (a noise-conditioned D's sigma)."""
+    def forward(self, real, fake, labels, r1_weight=0.0, real_kw=None, fake_kw=None, relativistic=False):
+        """*_kw: D's keyword arguments for each set (a noise-conditioned D's sigma). With r1_weight: R1 on real, plus
+        R2 (the same penalty on fakes) when fake is given. relativistic: RpGAN's paired loss instead of D2O's."""
         real_kw, fake_kw = real_kw or {}, fake_kw or {}
         if r1_weight:
             # R1 leaves parameters that only shift the logits (the ResNet D's output bias) without a gradient, and DDP's
             # reducer then waits for them forever. 0 x each trainable parameter gives every one an exact zero gradient
             # for the cost of one sum, where find_unused_parameters would search the graph on every step.
             untouched = sum(param.sum() for param in self.D.parameters() if param.requires_grad) * 0
-            return r1_weight * r1_penalty(self.D, real, labels, **real_kw) + untouched
+            penalty = r1_penalty(self.D, real, labels, **real_kw)
+            penalty = penalty if fake is None else penalty + r1_penalty(self.D, fake, labels, **fake_kw)
+            return r1_weight * penalty + untouched
         logits = [[l.float() for l in self.fast(images, labels, **kw)]  # losses in fp32 under AMP
                   for images, kw in ((fake, fake_kw), (real, real_kw))]
-        return d_loss(*logits)
+        return (rp_d_loss if relativistic else d_loss)(*logits)
 
 # ------------------------------------------------------------------------------------------------------------------
 # One iteration per --loss: run its optimizer steps on the real batch x (labels or None) and return its losses.
@@ -125,9 +138,11 @@ def noised(run, shape):
     return lambda images, s: (images + sigma[s] * noise[s], dict(sigma=sigma[s].flatten()))
 
 
-def gan_iteration(run, x, labels, view, generator_loss):
+def gan_iteration(run, x, labels, view, generator_loss, relativistic=False):
     """A G step (D frozen) on fresh z, --d-steps D steps on fakes from the updated G, and every --r1-interval
-    iterations a lazy R1 step on reals. view(run, shape) draws what D sees of a set of images."""
+    iterations a lazy R1 step on reals. view(run, shape) draws what D sees of a set of images. relativistic: RpGAN,
+    each fake against the real at its batch position (G's loss sees the reals' logits too), and R2 on fakes of a
+    fresh z beside R1 in the lazy step (arXiv 2501.05441, Sec. 2)."""
     pick = lambda s: labels[s] if labels is not None else None
     z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])
     g_view = view(run, x.shape[1:])
@@ -135,8 +150,12 @@ def gan_iteration(run, x, labels, view, generator_loss):
     def g_step(s):
         with run.autocast():
             images, kw = g_view(run.G_ddp(z_g[s], pick(s)), s)
-            logits = run.D_fast(images, pick(s), **kw)
-        return generator_loss([l.float() for l in logits])
+            logits = [l.float() for l in run.D_fast(images, pick(s), **kw)]
+            if not relativistic:
+                return generator_loss(logits)
+            with torch.no_grad():  # D is frozen here: the reals' logits are constants of G's loss
+                real_logits = [l.float() for l in run.D_fast(x[s], pick(s))]
+        return generator_loss(logits, real_logits)
     for param in run.d_params:  # the G step differentiates through D without updating it
         param.requires_grad_(False)
     losses = dict(loss_G=step(run, run.opt_G, run.G_ddp, run.g_params, g_step, 'G'))
@@ -152,22 +171,27 @@ def gan_iteration(run, x, labels, view, generator_loss):
                 fake = run.G(z[s], pick(s))
             (real, real_kw), (fake, fake_kw) = real_view(x[s], s), fake_view(fake, s)
             with run.autocast():
-                return run.D_ddp(real, fake, pick(s), real_kw=real_kw, fake_kw=fake_kw)
+                return run.D_ddp(real, fake, pick(s), real_kw=real_kw, fake_kw=fake_kw, relativistic=relativistic)
         d_losses.append(step(run, run.opt_D, run.D_ddp, run.d_params, d_step, 'D'))
     losses['loss_D'] = sum(d_losses) / len(d_losses)
     if run.args.r1_gamma and run.it > 0 and run.it % run.args.r1_interval == 0:  # lazy R1 by the interval; γ 0: none
         r1_weight, r1_view = run.args.r1_interval * run.args.r1_gamma / 2, view(run, x.shape[1:])
+        z_r2 = global_randn(run, x.shape[1:]) if relativistic else None
 
         def r1_step(s):
             real, real_kw = r1_view(x[s], s)
+            with torch.no_grad(), run.autocast():
+                fake = run.G(z_r2[s], pick(s)) if relativistic else None
             with run.autocast():
-                return run.D_ddp(real, None, pick(s), r1_weight, real_kw=real_kw)
+                return run.D_ddp(real, fake, pick(s), r1_weight, real_kw=real_kw)
         losses['loss_R1'] = step(run, run.opt_D, run.D_ddp, run.d_params, r1_step, 'R1')
     return losses
 
 
 def d2o_iteration(run, x, labels):
-    """D2O (arXiv 2506.09376, Sec. 3): the non-saturating GAN loss on the images themselves."""
+    """D2O (arXiv 2506.09376, Sec. 3): the non-saturating GAN loss on the images themselves (--gan rp: RpGAN's)."""
+    if run.args.gan == 'rp':
+        return gan_iteration(run, x, labels, clean, rp_g_loss, relativistic=True)
     return gan_iteration(run, x, labels, clean, g_loss)
 
 

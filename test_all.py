@@ -790,6 +790,12 @@ def test_loss_closed_forms():
     l = torch.randn(4, 6)
     torch.testing.assert_close(loss.g_loss([l, l[:, :2]]), -(torch.sigmoid(l).log().mean(1) + torch.sigmoid(l[:, :2]).log().mean(1)))
     torch.testing.assert_close(loss.d_loss([l], [-l]), -2 * torch.sigmoid(-l).log().mean(1))
+    # RpGAN by hand: a fake at logit 1 paired with a real at -1 gives D log(1 + e^2), G log(1 + e^-2); positions pair
+    # with positions (mean over them), branches add.
+    fake, real = [torch.tensor([[1.0, 0.0]])], [torch.tensor([[-1.0, 0.0]])]
+    assert loss.rp_d_loss(fake, real).item() == pytest.approx((math.log(1 + math.e ** 2) + math.log(2)) / 2)
+    assert loss.rp_g_loss(fake, real).item() == pytest.approx((math.log(1 + math.e ** -2) + math.log(2)) / 2)
+    assert loss.rp_d_loss(fake * 2, real * 2).item() == pytest.approx(math.log(1 + math.e ** 2) + math.log(2))
 
 
 def test_loss_r1_linear_d():
@@ -814,6 +820,9 @@ def test_loss_ddp_r1_reaches_every_parameter():
     assert all(q.grad is not None for q in D.parameters())
     assert torch.equal(D.out.bias.grad, torch.zeros_like(D.out.bias))
     torch.testing.assert_close(total, 0.5 * loss.r1_penalty(D, x, c).sum())
+    fake = torch.randn(4, 3, 8, 8)  # given fakes, R2 (the same penalty on them) is added per sample
+    torch.testing.assert_close(objective(x, fake, c, r1_weight=0.5),
+                               0.5 * (loss.r1_penalty(D, x, c) + loss.r1_penalty(D, fake, c)))
 
 
 class QuadraticRatio(torch.nn.Module):
@@ -900,14 +909,16 @@ def glob_states(run):
     return glob.glob(os.path.join(str(run), 'training-state-*.pt'))
 
 
-def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, batch=8,
-                  seed=0):
+def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, gan='ns',
+                  batch=8, seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
     D's lr and beta2 scaled by k = interval / (interval + 1); batch-mean losses; EMA with a half-life of ema kimg, at
-    most ema_rampup x the images seen; gamma 0: no R1 steps and k = 1. Only the networks, the data order and the
-    per-iteration seed are shared with train.py."""
+    most ema_rampup x the images seen; gamma 0: no R1 steps and k = 1. gan 'rp': RpGAN (arXiv 2501.05441, Sec. 2),
+    G's loss softplus(D(x) - D(G(z))) and D's softplus(D(fake) - D(x)) pairing the batch's i-th fake with its i-th
+    real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. Only the networks, the data
+    order and the per-iteration seed are shared with train.py."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
                                                                   seed, gsigma)
     logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
@@ -920,20 +931,28 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         for group in opt_G.param_groups:
             group['lr'] = lr * min(nimg / (lr_rampup * 1000), 1.0)
         D.requires_grad_(False)
-        loss_G = torch.nn.functional.softplus(-logits(G(z_g, c), c)).mean()
+        anchor = logits(x, c).detach() if gan == 'rp' else 0  # the paired real's logit, a constant for G
+        loss_G = torch.nn.functional.softplus(anchor - logits(G(z_g, c), c)).mean()
         opt_G.zero_grad()
         loss_G.backward()
         opt_G.step()
         D.requires_grad_(True)
         with torch.no_grad():
             fake = G(z_d, c)
-        loss_D = (torch.nn.functional.softplus(logits(fake, c)) + torch.nn.functional.softplus(-logits(x, c))).mean()
+        if gan == 'rp':
+            loss_D = torch.nn.functional.softplus(logits(fake, c) - logits(x, c)).mean()
+        else:
+            loss_D = (torch.nn.functional.softplus(logits(fake, c)) + torch.nn.functional.softplus(-logits(x, c))).mean()
         opt_D.zero_grad()
         loss_D.backward()
         opt_D.step()
         line = dict(loss_G=loss_G.item(), loss_D=loss_D.item())
         if r1_gamma > 0 and it > 0 and it % r1_interval == 0:
-            line['loss_R1'] = reference_r1(D, opt_D, lambda real: logits(real, c), x, r1_interval * r1_gamma / 2)
+            fakes = None
+            if gan == 'rp':
+                with torch.no_grad():
+                    fakes = G(torch.randn(x.shape), c)
+            line['loss_R1'] = reference_r1(D, opt_D, lambda real: logits(real, c), x, r1_interval * r1_gamma / 2, fakes)
         reference_ema(G_ema, G, ema, ema_rampup, nimg, batch)
         nimg += batch
         losses.append(line)
@@ -953,11 +972,15 @@ def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=
             torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8))
 
 
-def reference_r1(D, opt_D, logit, real, weight):
-    """A lazy R1 step of the written-out references: weight x ||grad_x sum logit||^2, batch mean."""
-    real = real.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(logit(real).sum(), real, create_graph=True)
-    loss_R1 = weight * grad.square().sum([1, 2, 3]).mean()
+def reference_r1(D, opt_D, logit, real, weight, fakes=None):
+    """A lazy R1 step of the written-out references: weight x ||grad_x sum logit||^2, batch mean; with fakes, R2 too:
+    the same penalty on them, added per sample."""
+    penalty = 0
+    for images in (real,) if fakes is None else (real, fakes):
+        images = images.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(logit(images).sum(), images, create_graph=True)
+        penalty = penalty + grad.square().sum([1, 2, 3])
+    loss_R1 = weight * penalty.mean()
     opt_D.zero_grad()
     loss_R1.backward()
     for param in D.parameters():  # an exact zero for what R1 does not reach (Adam still counts the step)
@@ -980,14 +1003,15 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-@pytest.mark.parametrize('r1_gamma, gsigma', [(0.5, 80.0), (0, 2.5)])
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma):
+@pytest.mark.parametrize('r1_gamma, gsigma, gan', [(0.5, 80.0, 'ns'), (0, 2.5, 'ns'), (0.5, 80.0, 'rp')])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
     the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
-    G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma."""
+    G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
+    beside R1."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
-                 gsigma=gsigma)
+                 gsigma=gsigma, gan=gan)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -1324,6 +1348,19 @@ def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
             torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
 
 
+def test_train_torchrun_rpgan_equals_one_process(tiny, tmp_path):
+    """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2: every rank exits 0, the ranks agree at each
+    snapshot, and the result equals one process on the same global batch (R2's z drawn for the global batch)."""
+    flags = ('--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032')
+    two = torchrun_train(tiny, tmp_path / 'two', *flags)
+    assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
+    one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
+    a = newest_state(tmp_path / 'two')
+    for key in ('G', 'G_ema', 'D'):
+        for k in one[key]:
+            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+
+
 def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):
     """--disc teacher on 2 ranks (gloo) with D2O-F freezing, past an R1 step: the ranks agree, the result equals one
     process; D's trunk is its own copy of G's encoder (G's frozen tensors keep their bits while D's copies of them
@@ -1483,7 +1520,7 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
                              ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1'),
-                             ('--gsigma', '2.5', '80.0')):
+                             ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
@@ -1492,16 +1529,18 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
 
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
     """--gsigma: a preset's value unless typed; a run whose state predates the flag resumes at D2O's 80, whatever the
-    preset says now (its G was D(80z; 80))."""
+    preset says now (its G was D(80z; 80)); one older than --gan resumes with D2O's loss, and --gan rp is refused."""
     monkeypatch.setitem(train.CUSTOM, 'gsigma', 2.5)  # a preset whose G runs at 2.5
     old = tmp_path / 'old'
     state = run_train(tiny, old, '--kimg', '0.008')
     assert state['args']['gsigma'] == 2.5
     path = sorted(glob_states(old))[-1]
-    del state['args']['gsigma']  # the state as train.py wrote it before --gsigma existed (its G: at 80)
+    del state['args']['gsigma'], state['args']['gan']  # as train.py wrote it before --gsigma (its G: at 80) and --gan
     ckpt.atomic_save(state, path)
+    base = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0']
+    assert '--gan rp differs from the ns that the run in' in train_error(*base, '--rundir', str(old), '--gan', 'rp')
     state = run_train(tiny, old, '--kimg', '0.016')
-    assert state['args']['gsigma'] == 80.0 and state['nimg'] == 16
+    assert state['args']['gsigma'] == 80.0 and state['args']['gan'] == 'ns' and state['nimg'] == 16
     assert ckpt.read_checkpoint(str(old / 'network-snapshot-000000016.pt'))[1]['sigma'] == 80.0
 
 
@@ -1534,6 +1573,8 @@ def test_train_bad_values_and_refused_files_are_one_line(tiny, tmp_path):
     fresh = str(tmp_path / 'fresh')
     assert 'missing.pt' in train_error(*base, '--init', str(tmp_path / 'missing.pt'), '--rundir', fresh)
     assert f'--init {evil_pkl}: refused global {os.system.__module__}.system' in train_error(*base, '--init', str(evil_pkl), '--rundir', fresh)
+    assert "--gan rp is a loss of D2O's GAN; --loss diffratio has its own" in train_error(
+        *base, '--init', tiny['ckpt'], '--rundir', fresh, '--loss', 'diffratio', '--gan', 'rp')
     for argv in (['--init', str(evil_pt), '--rundir', fresh], ['--init', tiny['ckpt'], '--rundir', str(run), '--resume', str(evil_pt)]):
         message = train_error(*base, *argv)  # names the file and the global, and never advises weights_only=False
         assert f'{evil_pt} was refused' in message and f'{os.system.__module__}.system' in message and 'False' not in message

@@ -69,6 +69,8 @@ flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialis
 flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default "
      "D2O's 80; SiD: 2.5)")
 flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
+flag('--gan', default='ns', choices=['ns', 'rp'], help="d2o: D2O's non-saturating loss, or RpGAN's relativistic "
+     'pairing with R2 beside R1 (R3GAN, arXiv 2501.05441)')
 flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
 flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
 flag('--sigma-std', type=POSITIVE, default=1.2, help='diffratio: std of ln sigma')
@@ -104,8 +106,8 @@ flag('--fid-num', type=NONNEG_INT, default=None, help='images per FID (0: no FID
 flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID statistics (default 50000)')
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
-FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'divergence', 'freeze', 'batch', 'disc', 'dwidth',
-         'ddepth', 'dsigma', 'seed')
+FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
+         'dwidth', 'ddepth', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -118,8 +120,8 @@ def resolve_flags(argv, world, device, log):
     name = f'{stem}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
     args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
     state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
-    if state:
-        state['args'].setdefault('gsigma', 80.0)  # runs from before --gsigma evaluated G at D2O's 80
+    if state:  # runs from before --gsigma and --gan evaluated G at D2O's 80 and trained with D2O's loss
+        state['args'] = dict(gsigma=80.0, gan='ns') | state['args']
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
     recipe = dict(gsigma=80.0, dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
@@ -130,6 +132,8 @@ def resolve_flags(argv, world, device, log):
         setattr(args, k, recipe[k] if getattr(args, k) is None else getattr(args, k))
     if args.init is None:
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
+    if args.gan != 'ns' and args.loss != 'd2o':
+        sys.exit(f'error: --gan {args.gan} is a loss of D2O\'s GAN; --loss {args.loss} has its own')
     if args.reinit and args.init == 'random':
         sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
     args.batch_gpu = args.batch_gpu or args.batch // world

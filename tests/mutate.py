@@ -123,6 +123,12 @@ MUTANTS = [
      "a resumed run forgets its earlier FIDs: its closing summary and best-snapshot flag see only this session's"),
     ('resnet-r1-gamma-0.1', 'disc.py', [("RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=1.0)", "RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=0.1)")],
      "the ResNet D's R1 weight is the former 0.1, not the toy study's 1"),
+    ('rp-no-r2', 'loss.py', [('penalty = penalty if fake is None else penalty + r1_penalty(self.D, fake, labels, **fake_kw)', 'penalty = penalty')],
+     '--gan rp without R2: the lazy step penalises the reals only'),
+    ('rp-g-sign', 'loss.py', [('F.softplus(r - f)', 'F.softplus(f - r)')],
+     "--gan rp: G's loss takes D's side (it pushes fakes below their paired reals)"),
+    ('rp-r2-local-z', 'loss.py', [('z_r2 = global_randn(run, x.shape[1:]) if relativistic else None', 'z_r2 = torch.randn(x.shape) if relativistic else None')],
+     "--gan rp: R2's fakes drawn per rank, so a run depends on its GPU count"),
 ]
 
 
