@@ -1527,6 +1527,30 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     assert files_digest(run) == before
 
 
+def test_train_dinit_starts_d_from_a_saved_one(tiny, tmp_path, capsys):
+    """--dinit: the new run's D starts as the saved D, tensor for tensor (its kimg-0 snapshot), not as its seed's fresh
+    D, and trains on from there; a D of another shape, a G snapshot, a missing file and --loss edm stop with one line
+    before the run directory exists."""
+    first = tmp_path / 'first'
+    run_train(tiny, first, '--kimg', '0.016')
+    saved = str(first / 'disc-snapshot-000000016.pt')
+    state = run_train(tiny, tmp_path / 'second', '--kimg', '0.008', '--dinit', saved)
+    assert f'ResNetD width 8 depth 1, from {saved}' in capsys.readouterr().out
+    start, trained = (disc.load_d(str(tmp_path / 'second' / 'disc-snapshot-000000000.pt')).state_dict(),
+                      disc.load_d(saved).state_dict())
+    fresh = disc.load_d(str(first / 'disc-snapshot-000000000.pt')).state_dict()  # seed 0's fresh D
+    assert all(torch.equal(start[k], trained[k]) for k in trained)
+    assert not torch.equal(fresh['from_rgb.weight'], trained['from_rgb.weight'])
+    assert not torch.equal(state['D']['from_rgb.weight'], trained['from_rgb.weight'])  # and D trained on
+    base = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--fid-num', '0', '--rundir', str(tmp_path / 'x')]
+    assert "not the ResNetD" in train_error(*base, '--dwidth', '16', '--dinit', saved)
+    assert 'not a discriminator saved by train.py' in train_error(*base, '--dwidth', '8', '--dinit',
+                                                                   str(first / 'network-snapshot-000000016.pt'))
+    assert 'no such file' in train_error(*base, '--dwidth', '8', '--dinit', str(tmp_path / 'missing.pt'))
+    assert '--loss edm trains none' in train_error(*base, '--loss', 'edm', '--dinit', saved)
+    assert not (tmp_path / 'x').exists()
+
+
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
     """--gsigma: a preset's value unless typed; a run whose state predates the flag resumes at D2O's 80, whatever the
     preset says now (its G was D(80z; 80)); one older than --gan resumes with D2O's loss, and --gan rp is refused."""

@@ -88,6 +88,7 @@ flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 
 flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
 flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio', 'teacher'], help='auto: projected '
      "if its files are found, else resnet; ratio: diffratio's; teacher: on a trainable copy of G's starting encoder")
+flag('--dinit', default=None, help="start D from a disc-snapshot-*.pt of an earlier run (default: fresh, seeded)")
 flag('--dsigma', type=POSITIVE, default=0.1, help='--disc teacher: the noise level its encoder sees images at')
 flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files of the backbone and FID detector '
      'weights, comma-separated (also $D2O_WEIGHTS)')
@@ -107,7 +108,7 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
-         'dwidth', 'ddepth', 'dsigma', 'seed')
+         'dinit', 'dwidth', 'ddepth', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -120,8 +121,8 @@ def resolve_flags(argv, world, device, log):
     name = f'{stem}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
     args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
     state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
-    if state:  # runs from before --gsigma and --gan evaluated G at D2O's 80 and trained with D2O's loss
-        state['args'] = dict(gsigma=80.0, gan='ns') | state['args']
+    if state:  # runs from before --gsigma, --gan and --dinit: G at D2O's 80, D2O's loss, a fresh D
+        state['args'] = dict(gsigma=80.0, gan='ns', dinit=None) | state['args']
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
     recipe = dict(gsigma=80.0, dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
@@ -134,6 +135,8 @@ def resolve_flags(argv, world, device, log):
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
     if args.gan != 'ns' and args.loss != 'd2o':
         sys.exit(f'error: --gan {args.gan} is a loss of D2O\'s GAN; --loss {args.loss} has its own')
+    if args.dinit and args.loss == 'edm':
+        sys.exit('error: --dinit starts a discriminator; --loss edm trains none')
     if args.reinit and args.init == 'random':
         sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
     args.batch_gpu = args.batch_gpu or args.batch // world
@@ -275,6 +278,12 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         run.nimg, run.it = state['nimg'], state['it']
         changed = f'; changed: {", ".join(changes)}' if changes else ''
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
+    elif args.dinit:
+        try:
+            disc.start_from(run.D, args.dinit)
+        except ValueError as e:
+            sys.exit(f'error: {e}')
+        run.d_desc += f', from {args.dinit}'
     if rank == 0:  # nothing in the run directory changes before this point
         ckpt.open_rundir(args.rundir, run.nimg, dict(vars(args), world=world, source=run.source))
     method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')

@@ -248,6 +248,10 @@ f="--r1-gamma 1 --fid-every 10 --batch 8"
 probe b8-lr4x-r1g3 0 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & probe b8-lr4x-r1g3 1 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & wait
 probe b8-r1g3 0 40 $f --r1-gamma 3; probe b8-r1g3 1 40 $f --r1-gamma 3
 probe b8-dd2 0 40 $f --ddepth 2 & probe b8-dd2 1 40 $f --ddepth 2 & wait  # D depth: 2 residual blocks per resolution
+# 2026-12-06, the next session on that host (the 1-kimg lr4x run's losses again to the last digit): RpGAN's relativistic
+# pairing loss with R2 beside R1 (--gan rp, R3GAN) at the preset's rates and R1 weight; then the preset on to 300 kimg
+probe b8-rp 0 40 $f --gan rp & probe b8-rp 1 40 $f --gan rp & wait
+probe b8 0 300 --r1-gamma 1 --fid-every 20 --batch 8 & probe b8 1 300 --r1-gamma 1 --fid-every 20 --batch 8 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
