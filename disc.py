@@ -234,6 +234,7 @@ def load_d(path):
     D.load_state_dict(saved['state_dict'])
     return D.eval().requires_grad_(False)
 
+
 def start_from(D, path):
     """train.py --dinit: D's weights from a D that train.py saved (disc-snapshot-*.pt) of the same kind and shape,
     as GAN transfer learning starts D from a trained one (FreezeD, arXiv 2002.10964)."""

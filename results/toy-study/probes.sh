@@ -251,6 +251,9 @@ probe b8-dd2 0 40 $f --ddepth 2 & probe b8-dd2 1 40 $f --ddepth 2 & wait  # D de
 # 2026-12-06, the next session on that host (the 1-kimg lr4x run's losses again to the last digit): RpGAN's relativistic
 # pairing loss with R2 beside R1 (--gan rp, R3GAN) at the preset's rates and R1 weight; then the preset on to 300 kimg
 probe b8-rp 0 40 $f --gan rp & probe b8-rp 1 40 $f --gan rp & wait
+# A diagnostic, not a method: D started from b8-s1's D at 200 kimg (--dinit), G from the teacher as always
+probe b8-dinit 0 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & probe b8-dinit 1 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & wait
+probe b8-dinit40 0 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & probe b8-dinit40 1 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & wait  # its D at 40 kimg
 probe b8 0 300 --r1-gamma 1 --fid-every 20 --batch 8 & probe b8 1 300 --r1-gamma 1 --fid-every 20 --batch 8 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
