@@ -1331,51 +1331,46 @@ def test_train_torchrun_two_ranks_past_r1_and_resume(tiny, tmp_path):
         assert all(mine[k] == pytest.approx(theirs[k], rel=1e-4) for k in theirs if k.startswith('loss'))
 
 
-def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
-    """--loss diffratio on 2 ranks (gloo) with 2 D steps and 2 D blocks per resolution, past an R1 step: every rank
-    exits 0, the ranks agree at each snapshot, and the result equals one process on the same global batch (noise levels
-    drawn for the global batch); the saved D keeps its depth."""
-    flags = ('--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2', '--kimg', '0.032', '--ddepth', '2')
+def two_ranks_equal_one_process(tiny, tmp_path, *flags):
+    """train.py with flags (4 iterations, a lazy R1 step among them) on 2 ranks and in one process on the same global
+    batch: every rank exits 0, the ranks agree at each snapshot, G, G_ema and D end equal up to the order of float
+    sums. Returns the 2-rank process and its last state."""
     two = torchrun_train(tiny, tmp_path / 'two', *flags)
     assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
-    assert 'RatioD width 8 depth 2' in two.stdout
-    saved = disc.load_d(sorted(glob.glob(str(tmp_path / 'two' / 'disc-snapshot-*.pt')))[-1])
-    assert saved.init_kwargs['depth'] == 2 and len(saved.blocks) == 2 * int(math.log2(saved.resolution // 4))
     one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
     a = newest_state(tmp_path / 'two')
     for key in ('G', 'G_ema', 'D'):
         for k in one[key]:
             torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+    return two, a
+
+
+def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
+    """--loss diffratio on 2 ranks (gloo) with 2 D steps and 2 D blocks per resolution, past an R1 step: every rank
+    exits 0, the ranks agree at each snapshot, and the result equals one process on the same global batch (noise levels
+    drawn for the global batch); the saved D keeps its depth."""
+    two, _ = two_ranks_equal_one_process(tiny, tmp_path, '--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2',
+                                         '--kimg', '0.032', '--ddepth', '2')
+    assert 'RatioD width 8 depth 2' in two.stdout
+    saved = disc.load_d(sorted(glob.glob(str(tmp_path / 'two' / 'disc-snapshot-*.pt')))[-1])
+    assert saved.init_kwargs['depth'] == 2 and len(saved.blocks) == 2 * int(math.log2(saved.resolution // 4))
 
 
 def test_train_torchrun_rpgan_equals_one_process(tiny, tmp_path):
     """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2: every rank exits 0, the ranks agree at each
     snapshot, and the result equals one process on the same global batch (R2's z drawn for the global batch)."""
-    flags = ('--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032')
-    two = torchrun_train(tiny, tmp_path / 'two', *flags)
-    assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
-    one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
-    a = newest_state(tmp_path / 'two')
-    for key in ('G', 'G_ema', 'D'):
-        for k in one[key]:
-            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
+    two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032')
 
 
 def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):
     """--disc teacher on 2 ranks (gloo) with D2O-F freezing, past an R1 step: the ranks agree, the result equals one
     process; D's trunk is its own copy of G's encoder (G's frozen tensors keep their bits while D's copies of them
     train), with the teacher D's lr and R1 weight, and its snapshot loads as the trained D."""
-    flags = ('--disc', 'teacher', '--freeze', '1', '--r1-interval', '2', '--kimg', '0.032')
-    two = torchrun_train(tiny, tmp_path / 'two', *flags)
-    assert 'loss_R1' in two.stdout and two.stdout.count('ranks agree: G, D trainable parameters identical') == 2
+    two, a = two_ranks_equal_one_process(tiny, tmp_path, '--disc', 'teacher', '--freeze', '1', '--r1-interval', '2',
+                                         '--kimg', '0.032')
     assert "D: TeacherD (G's starting encoder, trainable) at sigma 0.1" in two.stdout
     options = json.load(open(tmp_path / 'two' / 'options.json'))
     assert (options['dlr'], options['r1_gamma'], options['dsigma']) == (1e-4, 0.1, 0.1)
-    one = run_train(tiny, tmp_path / 'one', *flags, '--tick', '0.048', '--snap', '0.048')
-    a = newest_state(tmp_path / 'two')
-    for key in ('G', 'G_ema', 'D'):
-        for k in one[key]:
-            torch.testing.assert_close(a[key][k], one[key][k], rtol=1e-4, atol=1e-5, msg=f'{key}.{k}')
     start = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).state_dict()
     frozen = [k for k in start if freeze.is_frozen(k, 1) and not k.endswith('resample_filter')]
     assert frozen and all(torch.equal(a['G'][k], start[k]) for k in frozen)
