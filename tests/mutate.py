@@ -129,6 +129,8 @@ MUTANTS = [
      "--gan rp: G's loss takes D's side (it pushes fakes below their paired reals)"),
     ('rp-r2-local-z', 'loss.py', [('z_r2 = global_randn(run, x.shape[1:]) if relativistic else None', 'z_r2 = torch.randn(x.shape) if relativistic else None')],
      "--gan rp: R2's fakes drawn per rank, so a run depends on its GPU count"),
+    ('dinit-shape-unchecked', 'disc.py', [('if type(saved) is not type(D) or saved.init_kwargs != D.init_kwargs:', 'if type(saved) is not type(D):')],
+     '--dinit takes a D of another width: load_state_dict fails with a traceback, not one line'),
 ]
 
 
