@@ -249,12 +249,11 @@ probe b8-lr4x-r1g3 0 40 $f --lr 4e-4 --dlr 8e-3 --r1-gamma 3 & probe b8-lr4x-r1g
 probe b8-r1g3 0 40 $f --r1-gamma 3; probe b8-r1g3 1 40 $f --r1-gamma 3
 probe b8-dd2 0 40 $f --ddepth 2 & probe b8-dd2 1 40 $f --ddepth 2 & wait  # D depth: 2 residual blocks per resolution
 # 2026-12-06, the next session on that host (the 1-kimg lr4x run's losses again to the last digit): RpGAN's relativistic
-# pairing loss with R2 beside R1 (--gan rp, R3GAN) at the preset's rates and R1 weight; then the preset on to 300 kimg
+# pairing loss with R2 beside R1 (--gan rp, R3GAN) at the preset's rates and R1 weight
 probe b8-rp 0 40 $f --gan rp & probe b8-rp 1 40 $f --gan rp & wait
 # A diagnostic, not a method: D started from b8-s1's D at 200 kimg (--dinit), G from the teacher as always
 probe b8-dinit 0 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & probe b8-dinit 1 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & wait
 probe b8-dinit40 0 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & probe b8-dinit40 1 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & wait  # its D at 40 kimg
-probe b8 0 300 --r1-gamma 1 --fid-every 20 --batch 8 & probe b8 1 300 --r1-gamma 1 --fid-every 20 --batch 8 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -264,3 +263,4 @@ python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr
 python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 100
 python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3,b8-lr2x
 python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr5e-4,b8-f-lr1e-3 --upto 100
+python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit40,b8-rp --upto 100
