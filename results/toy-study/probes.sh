@@ -254,6 +254,7 @@ probe b8-rp 0 40 $f --gan rp & probe b8-rp 1 40 $f --gan rp & wait
 # A diagnostic, not a method: D started from b8-s1's D at 200 kimg (--dinit), G from the teacher as always
 probe b8-dinit 0 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & probe b8-dinit 1 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & wait
 probe b8-dinit40 0 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & probe b8-dinit40 1 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & wait  # its D at 40 kimg
+probe b8-dinit-d0 0 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & probe b8-dinit-d0 1 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & wait  # the other seed's D
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -263,4 +264,4 @@ python toy_table.py --study $out --plot fid-curve-rates --curves d2o-r1g1-200,lr
 python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4,b8,b64-lr2x,ds2 --upto 100
 python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3,b8-lr2x
 python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr5e-4,b8-f-lr1e-3 --upto 100
-python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit40,b8-rp --upto 100
+python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp --upto 100
