@@ -148,9 +148,10 @@ def resolve_flags(argv, world, device, log):
 # ------------------------------------------------------------------------------------------------------------------
 # Networks and optimizers.
 
-def build_run(args, preset, net, source, dataset, rank, world, device, log):
+def build_run(args, preset, net, source, dataset, rank, world, device, log, fresh=True):
     """G (the one-step generator, or for a denoiser loss the network itself), G_ema, D, their DDP wrappers and
-    optimizers, the AMP context, and the counters, in one namespace that the iteration functions (loss.py) read."""
+    optimizers, the AMP context, and the counters, in one namespace that the iteration functions (loss.py) read.
+    fresh: no state will be loaded, so D starts from --dinit if given."""
     run = types.SimpleNamespace(args=args, source=source, device=device, rank=rank, world=world, nimg=0, it=0,
                                 kind=loss.LOSSES[args.loss][1], D=None, D_ddp=None, opt_D=None, d_params=[],
                                 per_gpu=args.batch // world, accum=args.batch // world // args.batch_gpu)
@@ -161,6 +162,9 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log):
     if run.kind == 'generator':
         try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's)
             D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log)
+            if args.dinit and fresh:  # before DDP and compile wrap it
+                disc.start_from(D, args.dinit)
+                run.d_desc += f', from {args.dinit}'
         except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
@@ -272,18 +276,12 @@ def setup(args, preset, state, state_path, changes, rank, world, device, log):
         dataset.check_network(net, source)
     except data.DatasetError as e:
         sys.exit(f'error: {e}')
-    run = build_run(args, preset, net, source, dataset, rank, world, device, log)
+    run = build_run(args, preset, net, source, dataset, rank, world, device, log, fresh=not state)
     if state:
         ckpt.load_state_dicts(run.parts, state)
         run.nimg, run.it = state['nimg'], state['it']
         changed = f'; changed: {", ".join(changes)}' if changes else ''
         log(f'resumed from {state_path} at {run.nimg / 1000:g} kimg{changed}')
-    elif args.dinit:
-        try:
-            disc.start_from(run.D, args.dinit)
-        except ValueError as e:
-            sys.exit(f'error: {e}')
-        run.d_desc += f', from {args.dinit}'
     if rank == 0:  # nothing in the run directory changes before this point
         ckpt.open_rundir(args.rundir, run.nimg, dict(vars(args), world=world, source=run.source))
     method = dict(d2o='D2O', diffratio=f'DiffRatio ({args.divergence})').get(args.loss, 'EDM pretraining')
