@@ -66,11 +66,9 @@ flag('--init', default=None, help='official EDM name, .pkl/.pt path or URL, or "
 flag('--arch', default=None, help='for --init random: an official name, "toy" (toy16, toy24, toy64: its widths), or a checkpoint')
 flag('--freeze', type=int, default=0, choices=sorted(freeze.LEVELS), help='0: D2O, 1: D2O-F')
 flag('--reinit', default=None, choices=sorted(freeze.REINIT), help="re-initialise the teacher's in/out layers or rest")
-flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (default "
-     "D2O's 80; SiD: 2.5)")
+flag('--gsigma', type=POSITIVE, default=None, help="G(z) = D(gsigma z; gsigma): G's noise level (D2O: 80, SiD: 2.5)")
 flag('--loss', default='d2o', choices=list(loss.LOSSES), help="D2O's GAN loss, DiffRatio's (our reconstruction), EDM's")
-flag('--gan', default='ns', choices=['ns', 'rp'], help="d2o: D2O's non-saturating loss, or RpGAN's relativistic "
-     'pairing with R2 beside R1 (R3GAN, arXiv 2501.05441)')
+flag('--gan', default='ns', choices=['ns', 'rp'], help="d2o: D2O's non-saturating, or RpGAN's + R2 (arXiv 2501.05441)")
 flag('--divergence', default='rkl', choices=sorted(loss.DIVERGENCES), help='diffratio: reverse KL or Jensen-Shannon')
 flag('--sigma-mean', type=float, default=-1.2, help="diffratio: ln sigma ~ N(mean, std^2) (EDM's law)")
 flag('--sigma-std', type=POSITIVE, default=1.2, help='diffratio: std of ln sigma')
