@@ -255,6 +255,10 @@ probe b8-rp 0 40 $f --gan rp & probe b8-rp 1 40 $f --gan rp & wait
 probe b8-dinit 0 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & probe b8-dinit 1 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & wait
 probe b8-dinit40 0 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & probe b8-dinit40 1 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & wait  # its D at 40 kimg
 probe b8-dinit-d0 0 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & probe b8-dinit-d0 1 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & wait  # the other seed's D
+# A D whose trunk first learnt to classify the toy world's real images (shape, shape colour, background; a 20-way head in
+# place of its output, then dropped; capacity.py pretrain-d, ~10 min for 200 kimg), then all of it trains as D (--dinit)
+mkdir -p $out/dcls; python results/toy-study/capacity.py pretrain-d --kimg 200 --dest $out/dcls/disc-cls-200.pt > $out/dcls/log-200.txt
+probe b8-dcls 0 40 $f --dinit $out/dcls/disc-cls-200.pt & probe b8-dcls 1 40 $f --dinit $out/dcls/disc-cls-200.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
