@@ -15,7 +15,7 @@ pretrain-d: a toy-world counterpart of the projected D's pretrained features (Im
 toy preset's ResNet D (class-conditional, width 64, seed 0) with its trunk trained to classify each real image's shape,
 shape colour and background colour (a 20-way linear head in place of its projection output, then dropped); its output
 and label embedding stay the fresh ones. Saved as a disc-snapshot for train.py --dinit, where the whole D trains on.
-Writes results/toy-study/kd/ (pairs, log.txt, samples-KIMG.npz).
+kd writes results/toy-study/kd/ (pairs, log.txt, samples-KIMG.npz); pretrain-d its --dest.
 """
 import argparse
 import glob
@@ -102,8 +102,10 @@ def recolour(images, dest, dataset='datasets/toy-16x16.zip', ref_num=1000):
     print(f'{dest}: {len(picked)} real images with the colour pairs of {images} (FID with --count {len(picked)})')
 
 
-def pretrain_d(kimg, dest, batch=64, lr=1e-3, dataset='datasets/toy-16x16.zip', held=2000):
-    ds = data.ImageDataset(dataset)
+def pretrain_d(kimg, dest, batch=64, lr=1e-3, held=2000):
+    if not dest:
+        sys.exit('error: pretrain-d needs --dest (where to save the D, e.g. results/toy-study/dcls/disc-cls.pt)')
+    ds = data.ImageDataset(data.toy_path(16, print))  # written first if missing
     images = np.stack([ds.image(i) for i in range(len(ds))])  # uint8 [N,3,16,16]
     fg, bg = data.toy_colours(images.transpose(0, 2, 3, 1))
     targets = torch.from_numpy(np.stack([ds.labels, fg, bg], axis=1)).long()  # shape, shape colour, background
