@@ -235,19 +235,23 @@ def load_d(path):
     return D.eval().requires_grad_(False)
 
 
-def start_from(D, path):
+def start_from(D, path, must_fit=True):
     """train.py --dinit: D's weights from a D that train.py saved (disc-snapshot-*.pt) of the same kind and shape,
-    as GAN transfer learning starts D from a trained one (FreezeD, arXiv 2002.10964)."""
+    as GAN transfer learning starts D from a trained one (FreezeD, arXiv 2002.10964). must_fit=False (a preset's D,
+    --dinit auto): a D of another kind or shape is left as it is. -> whether D was loaded"""
     if not os.path.isfile(path):
-        raise ValueError(f'--dinit {path}: no such file (give a disc-snapshot-*.pt of an earlier run)')
+        raise ValueError(f'--dinit {path}: no such file (give a disc-snapshot-*.pt of an earlier run, or "none")')
     try:
         saved = load_d(path)
     except (ValueError, ckpt.UnsafePickleError) as e:
         raise ValueError(f'--dinit {e}') from None
-    if type(saved) is not type(D) or saved.init_kwargs != D.init_kwargs:
+    fits = type(saved) is type(D) and saved.init_kwargs == D.init_kwargs
+    if must_fit and not fits:
         raise ValueError(f'--dinit {path}: a {type(saved).__name__} {saved.init_kwargs}, not the {type(D).__name__} '
                          f'{D.init_kwargs} of these flags (--disc, --dwidth, --ddepth, the dataset)')
-    D.load_state_dict(saved.state_dict())
+    if fits:
+        D.load_state_dict(saved.state_dict())
+    return fits
 
 
 # ----------------------------------------------------------------------------------------------------------------

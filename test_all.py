@@ -1537,13 +1537,63 @@ def test_train_dinit_starts_d_from_a_saved_one(tiny, tmp_path, capsys):
     assert all(torch.equal(start[k], trained[k]) for k in trained)
     assert not torch.equal(fresh['from_rgb.weight'], trained['from_rgb.weight'])
     assert not torch.equal(state['D']['from_rgb.weight'], trained['from_rgb.weight'])  # and D trained on
-    base = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--fid-num', '0', '--rundir', str(tmp_path / 'x')]
+    base = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--fid-num', '0', '--kimg', '0.008',
+            '--rundir', str(tmp_path / 'x')]  # --kimg: a bug that lets one through trains for seconds, not hours
     assert "not the ResNetD" in train_error(*base, '--dwidth', '16', '--dinit', saved)
     assert 'not a discriminator saved by train.py' in train_error(*base, '--dwidth', '8', '--dinit',
                                                                    str(first / 'network-snapshot-000000016.pt'))
     assert 'no such file' in train_error(*base, '--dwidth', '8', '--dinit', str(tmp_path / 'missing.pt'))
     assert '--loss edm trains none' in train_error(*base, '--loss', 'edm', '--dinit', saved)
     assert not (tmp_path / 'x').exists()
+
+
+def test_train_dinit_auto_takes_the_presets_d_where_it_fits(tiny, tmp_path, monkeypatch, capsys):
+    """--dinit auto (the default): the preset's trained D where the flags build its kind and shape, else a fresh D,
+    saying so; none: fresh where it fits; the choice is written back (options, state) and a run from before the flag
+    or from before auto resumes as none; --loss edm ignores it; a preset's missing D stops with one line."""
+    first = tmp_path / 'first'
+    run_train(tiny, first, '--kimg', '0.016', '--dinit', 'none')
+    saved = str(first / 'disc-snapshot-000000016.pt')
+    monkeypatch.setitem(train.CUSTOM, 'dinit', saved)  # a preset with a trained D
+    start = lambda run: disc.load_d(str(run / 'disc-snapshot-000000000.pt'))
+    fresh = start(first).state_dict()  # seed 0's fresh D of width 8
+    trained = disc.load_d(saved).state_dict()
+    state = run_train(tiny, tmp_path / 'auto', '--kimg', '0.008')
+    assert f'ResNetD width 8 depth 1, from {saved}' in capsys.readouterr().out and state['args']['dinit'] == saved
+    assert all(torch.equal(start(tmp_path / 'auto').state_dict()[k], trained[k]) for k in trained)
+    state = run_train(tiny, tmp_path / 'none', '--kimg', '0.008', '--dinit', 'none')
+    assert state['args']['dinit'] == 'none' and 'from ' not in capsys.readouterr().out
+    assert all(torch.equal(start(tmp_path / 'none').state_dict()[k], fresh[k]) for k in fresh)
+    state = run_train(tiny, tmp_path / 'wide', '--kimg', '0.008', '--dwidth', '16')  # not the preset D's shape
+    assert f'ResNetD width 16 depth 1, fresh ({saved} is another kind or shape)' in capsys.readouterr().out
+    wide = start(tmp_path / 'wide')
+    torch.manual_seed(0)  # the seeded fresh D of width 16, built here from its class
+    assert state['args']['dinit'] == 'none'
+    assert all(torch.equal(wide.state_dict()[k], v) for k, v in disc.ResNetD(**wide.init_kwargs).state_dict().items())
+    assert json.load(open(tmp_path / 'wide' / 'options.json'))['dinit'] == 'none'
+    for old in (None, 'drop'):  # as train.py wrote a fresh D's state before auto, and before --dinit
+        path = sorted(glob_states(tmp_path / 'none'))[-1]
+        state = torch.load(path, weights_only=True)
+        state['args'].pop('dinit') if old == 'drop' else state['args'].update(dinit=None)
+        ckpt.atomic_save(state, path)
+        kimg = 0.016 if old is None else 0.024
+        state = run_train(tiny, tmp_path / 'none', '--kimg', str(kimg), '--dinit', 'none')  # typed: the same value
+        assert state['args']['dinit'] == 'none' and state['nimg'] == kimg * 1000
+    assert 'D' not in run_train(tiny, tmp_path / 'edm', '--kimg', '0.008', '--loss', 'edm')
+    monkeypatch.setitem(train.CUSTOM, 'dinit', str(tmp_path / 'missing.pt'))
+    base = ['--data', tiny['data'], '--init', tiny['ckpt'], '--batch', '8', '--dwidth', '8', '--fid-num', '0']
+    assert 'missing.pt: no such file' in train_error(*base, '--rundir', str(tmp_path / 'x'))
+    assert not (tmp_path / 'x').exists()
+
+
+def test_toy_presets_d_is_the_toy_presets_resnet_d():
+    """assets/toy-disc.pt (the toy preset's --dinit auto) has the kind and shape the toy preset builds, so the preset
+    starts from it rather than falling back to a fresh D, and it is trained: not the seeded fresh D."""
+    preset = train.PRESETS['toy']
+    D, _ = disc.build(preset['disc'], 16, 3, 4, preset['dwidth'], seed=0)
+    fresh = {k: v.clone() for k, v in D.state_dict().items()}
+    assert disc.start_from(D, os.path.join(HERE, preset['dinit']), must_fit=False)
+    assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
 
 
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
@@ -2404,9 +2454,9 @@ def test_bench_flop_count_equals_a_hand_count():
 # The README's commands, shortened: the main command and toy_table.py
 
 def test_main_command_smoke(tmp_path):
-    """`python train.py` (the toy D2O run from the committed teacher), shortened to a few iterations."""
-    teacher = os.path.join(HERE, 'assets', 'toy-edm.pt')
-    r = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), '--init', teacher, '--kimg', '0.064', '--tick', '0.032',
+    """`python train.py` (the toy D2O run from the committed teacher and D), shortened to a few iterations."""
+    os.symlink(os.path.join(HERE, 'assets'), tmp_path / 'assets')  # run where the project's assets/ is
+    r = subprocess.run([sys.executable, os.path.join(HERE, 'train.py'), '--kimg', '0.064', '--tick', '0.032',
                         '--snap', '0.032', '--fid-num', '8', '--fid-ref', '16'], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -2420,6 +2470,10 @@ def test_main_command_smoke(tmp_path):
     lines = [json.loads(l) for l in open(run / 'metrics.jsonl')]
     assert [l['kimg'] for l in lines] == [0] * bool(_bundled_detector()) + [0.032, 0.064]  # the start's FID, if any
     assert 'loss_G' in lines[-1] and 'loss_D' in lines[-1]
+    assert 'D: ResNetD width 64 depth 1, from assets/toy-disc.pt' in r.stdout  # the preset's trained D, as it is:
+    start, asset = (disc.load_d(str(path)).state_dict() for path in (run / 'disc-snapshot-000000000.pt',
+                                                                     tmp_path / 'assets' / 'toy-disc.pt'))
+    assert all(torch.equal(start[k], asset[k]) for k in asset)
     for kimg in (0, 0.032, 0.064):
         net, meta = ckpt.read_checkpoint(str(run / f'network-snapshot-{round(kimg * 1000):09d}.pt'))
         assert meta['kind'] == 'generator' and meta['kimg'] == kimg
@@ -2528,6 +2582,7 @@ def test_toy_table_smoke(tmp_path, monkeypatch, capsys):
     ~70 s here; both have tests of their own)."""
     import toy_table
     monkeypatch.chdir(tmp_path)
+    os.symlink(os.path.join(HERE, 'assets'), tmp_path / 'assets')  # the toy preset's D, as from the project root
     monkeypatch.setattr(fid, 'load_detector', lambda *args, **kwargs: _StandInDetector())
     monkeypatch.setattr(fid, 'frechet_distance', lambda mu1, s1, mu2, s2: float(np.square(mu1 - mu2).sum()))
     toy_table.main(['--teacher', os.path.join(HERE, 'assets', 'toy-edm.pt'), '--kimg', '0.032', '--num', '4',

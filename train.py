@@ -1,6 +1,6 @@
 """D2O: turn a pretrained EDM diffusion model into a one-step generator by fine-tuning it with a GAN loss only.
 
-    python train.py                                    # D2O on the toy world from the committed teacher (CPU)
+    python train.py                                    # D2O on the toy world from the committed teacher and D (CPU)
     python train.py --freeze 1                         # D2O-F: the residual blocks' 3x3 convs stay frozen
     python train.py --init random                      # ablation: the same GAN from random initialisation
     python train.py --loss edm --init random --arch toy --kimg 500   # pretrain a teacher with EDM's loss
@@ -46,9 +46,10 @@ PRESETS = {
                     lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'imagenet64': dict(data='datasets/imagenet-64x64.zip', init='edm-imagenet-64x64-cond-adm',
                        lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    # toy: batch 8 is ahead of 16 at equal images (README, the toy D2O study); 16 kimg fits ~10 min on 2 CPU cores
+    # toy: batch 8 and a D pretrained as a toy classifier are ahead at equal images (README, the toy D2O study); 16 kimg
+    # fits ~10 min on 2 CPU cores
     'toy': dict(data=data.toy_path(16), init='assets/toy-edm.pt', disc='resnet',
-                lr=1e-4, batch=8, kimg=16, ema=500, dwidth=64, fid_num=500, fid_ref=1000),
+                lr=1e-4, batch=8, kimg=16, ema=500, dwidth=64, fid_num=500, fid_ref=1000, dinit='assets/toy-disc.pt'),
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
@@ -86,7 +87,8 @@ flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 
 flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
 flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio', 'teacher'], help='auto: projected '
      "if its files are found, else resnet; ratio: diffratio's; teacher: on a trainable copy of G's starting encoder")
-flag('--dinit', default=None, help="start D from a disc-snapshot-*.pt of an earlier run (default: fresh, seeded)")
+flag('--dinit', default='auto', help="start D from a disc-snapshot-*.pt; none: fresh, seeded; auto: the preset's "
+     "trained D (toy: assets/toy-disc.pt) if it has D's kind and shape, else fresh")
 flag('--dsigma', type=POSITIVE, default=0.1, help='--disc teacher: the noise level its encoder sees images at')
 flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files of the backbone and FID detector '
      'weights, comma-separated (also $D2O_WEIGHTS)')
@@ -119,8 +121,8 @@ def resolve_flags(argv, world, device, log):
     name = f'{stem}-{args.loss}' + (f'-f{args.freeze}' if args.freeze else '')
     args.rundir = args.rundir or os.path.join('runs', name + ('-random' if args.init == 'random' else ''))
     state_path, state = ckpt.resume_point(args.rundir, args.resume, log)
-    if state:  # runs from before --gsigma, --gan and --dinit: G at D2O's 80, D2O's loss, a fresh D
-        state['args'] = dict(gsigma=80.0, gan='ns', dinit=None) | state['args']
+    if state:  # runs from before --gsigma, --gan and --dinit (or --dinit none): G at D2O's 80, D2O's loss, a fresh D
+        state['args'] = dict(gsigma=80.0, gan='ns') | state['args'] | dict(dinit=state['args'].get('dinit') or 'none')
     changes = ckpt.resume_flags(parser, args, typed, state['args'], state_path, FIXED, CHANGEABLE) if state else []
     preset = PRESETS.get(args.data, dict(CUSTOM, data=args.data))
     recipe = dict(gsigma=80.0, dwidth=64, lr_rampup=0, fid_num=5000, fid_ref=50000, tick=max(preset['kimg'] / 20, 1),
@@ -133,7 +135,7 @@ def resolve_flags(argv, world, device, log):
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
     if args.gan != 'ns' and args.loss != 'd2o':
         sys.exit(f'error: --gan {args.gan} is a loss of D2O\'s GAN; --loss {args.loss} has its own')
-    if args.dinit and args.loss == 'edm':
+    if args.dinit not in ('auto', 'none') and args.loss == 'edm':
         sys.exit('error: --dinit starts a discriminator; --loss edm trains none')
     if args.reinit and args.init == 'random':
         sys.exit('error: --reinit re-initialises part of a teacher; give a teacher with --init, not "random"')
@@ -160,9 +162,12 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
     if run.kind == 'generator':
         try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's)
             D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log)
-            if args.dinit and fresh:  # before DDP and compile wrap it
-                disc.start_from(D, args.dinit)
-                run.d_desc += f', from {args.dinit}'
+            if fresh:  # --dinit, before DDP and compile wrap D; written back as the file D started from, or none
+                path = preset.get('dinit', 'none') if args.dinit == 'auto' else args.dinit
+                loaded = path != 'none' and disc.start_from(D, path, must_fit=args.dinit != 'auto')
+                if path != 'none':  # auto, where the preset's D is of another kind or shape: fresh
+                    run.d_desc += f', from {path}' if loaded else f', fresh ({path} is another kind or shape)'
+                args.dinit = path if loaded else 'none'
         except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)

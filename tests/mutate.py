@@ -129,8 +129,12 @@ MUTANTS = [
      "--gan rp: G's loss takes D's side (it pushes fakes below their paired reals)"),
     ('rp-r2-local-z', 'loss.py', [('z_r2 = global_randn(run, x.shape[1:]) if relativistic else None', 'z_r2 = torch.randn(x.shape) if relativistic else None')],
      "--gan rp: R2's fakes drawn per rank, so a run depends on its GPU count"),
-    ('dinit-shape-unchecked', 'disc.py', [('if type(saved) is not type(D) or saved.init_kwargs != D.init_kwargs:', 'if type(saved) is not type(D):')],
+    ('dinit-shape-unchecked', 'disc.py', [('fits = type(saved) is type(D) and saved.init_kwargs == D.init_kwargs', 'fits = type(saved) is type(D)')],
      '--dinit takes a D of another width: load_state_dict fails with a traceback, not one line'),
+    ('dinit-typed-may-not-fit', 'train.py', [("must_fit=args.dinit != 'auto')", 'must_fit=False)')],
+     'a typed --dinit of another shape is dropped without a word, and D starts fresh'),
+    ('dinit-auto-records-the-file', 'train.py', [("args.dinit = path if loaded else 'none'", 'args.dinit = path')],
+     "--dinit auto records the preset's D for a run whose D of another shape started fresh"),
 ]
 
 

@@ -7,12 +7,13 @@
 # its records: give another folder (`sh results/toy-study/probes.sh runs/toy-study`) to run them again.
 out=${1:-results/toy-study}
 # The preset's R1 weight was 0.1 when these ran (the ResNet D's default until 2026-12-04, now 1) and its batch 16 (until
-# 2026-12-05, now 8): every probe states both, and a probe's own --r1-gamma or --batch, coming later, wins. (Runs that
-# resume a training state take its batch.)
+# 2026-12-05, now 8), and its D fresh (until 2026-12-06; now --dinit auto, the trained assets/toy-disc.pt): every probe
+# states all three, and a probe's own --r1-gamma, --batch or --dinit, coming later, wins. (Runs that resume a training
+# state take its batch and D.)
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
     mkdir -p "$out/$name-s$seed"
-    OMP_NUM_THREADS=1 python train.py --r1-gamma 0.1 --batch 16 --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" \
+    OMP_NUM_THREADS=1 python train.py --r1-gamma 0.1 --batch 16 --dinit none --kimg "$kimg" --seed "$seed" --fid-every 5 "$@" \
         --rundir "$out/$name-s$seed" \
         >> "$out/$name-s$seed/log.txt" 2>&1
 }
@@ -262,6 +263,9 @@ probe b8-dcls 0 40 $f --dinit $out/dcls/disc-cls-200.pt & probe b8-dcls 1 40 $f 
 # the same classifier to 500 kimg (shape accuracy 0.952 against 0.874; one thread, ~51 min beside other runs)
 OMP_NUM_THREADS=1 python results/toy-study/capacity.py pretrain-d --kimg 500 --dest $out/dcls/disc-cls-500.pt > $out/dcls/log-500.txt
 probe b8-dcls500 0 40 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 40 $f --dinit $out/dcls/disc-cls-500.pt & wait
+# that D became the toy preset's (2026-12-06): cp $out/dcls/disc-cls-500.pt assets/toy-disc.pt. D2O-F at 5x the G lr with
+# it, seed 1 (seed 0 is the first table's D2O-F row at 5e-4, the same command: python toy_table.py, the README)
+probe b8-dcls500-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
