@@ -276,3 +276,4 @@ python toy_table.py --study $out --plot fid-curve-batch --curves d2o-r1g1-200,b4
 python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b8,lr4x-r1g3,b8-lr2x
 python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr5e-4,b8-f-lr1e-3 --upto 100
 python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp,b8-dcls,b8-dcls500 --upto 100
+python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8-f-lr5e-4,b8-dcls500-f-lr5e-4 --upto 40
