@@ -235,10 +235,14 @@ def load_d(path):
     return D.eval().requires_grad_(False)
 
 
-def start_from(D, path, must_fit=True):
+def start_from(D, dinit, preset_dinit='none'):
     """train.py --dinit: D's weights from a D that train.py saved (disc-snapshot-*.pt) of the same kind and shape,
-    as GAN transfer learning starts D from a trained one (FreezeD, arXiv 2002.10964). must_fit=False (a preset's D,
-    --dinit auto): a D of another kind or shape is left as it is. -> whether D was loaded"""
+    as GAN transfer learning starts D from a trained one (FreezeD, arXiv 2002.10964). 'none': D as built; 'auto':
+    the preset's D if it has D's kind and shape, else D as built. -> (the file D started from or 'none', a note for
+    D's description)"""
+    path = preset_dinit if dinit == 'auto' else dinit
+    if path == 'none':
+        return 'none', ''
     if not os.path.isfile(path):
         raise ValueError(f'--dinit {path}: no such file (give a disc-snapshot-*.pt of an earlier run, or "none")')
     try:
@@ -246,12 +250,13 @@ def start_from(D, path, must_fit=True):
     except (ValueError, ckpt.UnsafePickleError) as e:
         raise ValueError(f'--dinit {e}') from None
     fits = type(saved) is type(D) and saved.init_kwargs == D.init_kwargs
-    if must_fit and not fits:
+    if dinit != 'auto' and not fits:
         raise ValueError(f'--dinit {path}: a {type(saved).__name__} {saved.init_kwargs}, not the {type(D).__name__} '
                          f'{D.init_kwargs} of these flags (--disc, --dwidth, --ddepth, the dataset)')
-    if fits:
-        D.load_state_dict(saved.state_dict())
-    return fits
+    if not fits:  # auto, where the preset's D is of another kind or shape
+        return 'none', f', fresh ({path} is another kind or shape)'
+    D.load_state_dict(saved.state_dict())
+    return path, f', from {path}'
 
 
 # ----------------------------------------------------------------------------------------------------------------

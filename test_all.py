@@ -1592,7 +1592,8 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     preset = train.PRESETS['toy']
     D, _ = disc.build(preset['disc'], 16, 3, 4, preset['dwidth'], seed=0)
     fresh = {k: v.clone() for k, v in D.state_dict().items()}
-    assert disc.start_from(D, os.path.join(HERE, preset['dinit']), must_fit=False)
+    path = os.path.join(HERE, preset['dinit'])
+    assert disc.start_from(D, 'auto', path) == (path, f', from {path}')
     assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
 
 

@@ -163,11 +163,8 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
         try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's)
             D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log)
             if fresh:  # --dinit, before DDP and compile wrap D; written back as the file D started from, or none
-                path = preset.get('dinit', 'none') if args.dinit == 'auto' else args.dinit
-                loaded = path != 'none' and disc.start_from(D, path, must_fit=args.dinit != 'auto')
-                if path != 'none':  # auto, where the preset's D is of another kind or shape: fresh
-                    run.d_desc += f', from {path}' if loaded else f', fresh ({path} is another kind or shape)'
-                args.dinit = path if loaded else 'none'
+                args.dinit, note = disc.start_from(D, args.dinit, preset.get('dinit', 'none'))
+                run.d_desc += note
         except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)

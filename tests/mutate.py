@@ -131,9 +131,10 @@ MUTANTS = [
      "--gan rp: R2's fakes drawn per rank, so a run depends on its GPU count"),
     ('dinit-shape-unchecked', 'disc.py', [('fits = type(saved) is type(D) and saved.init_kwargs == D.init_kwargs', 'fits = type(saved) is type(D)')],
      '--dinit takes a D of another width: load_state_dict fails with a traceback, not one line'),
-    ('dinit-typed-may-not-fit', 'train.py', [("must_fit=args.dinit != 'auto')", 'must_fit=False)')],
+    ('dinit-typed-may-not-fit', 'disc.py', [("if dinit != 'auto' and not fits:", 'if False:')],
      'a typed --dinit of another shape is dropped without a word, and D starts fresh'),
-    ('dinit-auto-records-the-file', 'train.py', [("args.dinit = path if loaded else 'none'", 'args.dinit = path')],
+    ('dinit-auto-records-the-file', 'disc.py', [("return 'none', f', fresh ({path} is another kind or shape)'",
+                                                  "return path, f', fresh ({path} is another kind or shape)'")],
      "--dinit auto records the preset's D for a run whose D of another shape started fresh"),
 ]
 
