@@ -4,10 +4,12 @@ of logit tensors, each [N, P] (P positions; the GAN losses average over position
     python disc.py --resolution 32 --labels 10                          # the ResNet D's size
     python disc.py --resolution 32 --width 32 --bench                   # time one forward+backward
     python disc.py --projected vgg16_bn,efficientnet_lite0 --bench      # the official D (needs the weight files)
+    python disc.py --pretrain 500 --data toy --dest assets/toy-disc.pt  # the toy preset's D: a classifier first
 
 ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data's native resolution (equalized
 learning rate, leaky ReLU, minibatch-std, projection conditioning on class labels), randomly initialised as in
-the seed papers' ablations. Its width is a flag.
+the seed papers' ablations. Its width is a flag. --pretrain first trains its trunk as a classifier of a dataset's
+labels (toy world: and colours), for train.py --dinit: the toy preset's D starts so (pretrain below).
 
 ProjectedD is the official D2O discriminator (Projected GAN / StyleGAN-XL; the official D2O code's
 training/discriminator.py and pg_modules/): frozen ImageNet feature
@@ -23,10 +25,12 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import ckpt
+import data
 import unet
 
 
@@ -257,6 +261,53 @@ def start_from(D, dinit, preset_dinit='none'):
         return 'none', f', fresh ({path} is another kind or shape)'
     D.load_state_dict(saved.state_dict())
     return path, f', from {path}'
+
+
+def pretrain(dataset, kimg, colours=False, width=64, depth=1, seed=0, batch=64, lr=1e-3, log=print):
+    """A ResNet D for train.py --dinit whose trunk first learnt to classify the real images of an ImageDataset: by
+    their labels and, with colours (the toy world), their shape and background colours (data.toy_colours). A linear
+    head in place of D's output learns them by cross-entropy (Adam; the last tenth of the images held out, their
+    accuracy every 10 kimg); then D gets back its fresh output and label projection, so that it starts undecided on
+    real vs fake and only the trunk carries what it learnt. The counterpart, on data without an ImageNet, of the
+    projected D's pretrained features (and of DMD2's GAN classifier, arXiv 2405.14867, on the teacher's features)."""
+    images = np.stack([dataset.image(i) for i in range(len(dataset))])  # uint8 [N,C,R,R]
+    columns = [dataset.labels] if dataset.label_dim else []
+    sizes = [dataset.label_dim] if dataset.label_dim else []
+    if colours:  # the shape's colour (-1: no shape, left out of the loss) and the background's
+        columns += list(data.toy_colours(images.transpose(0, 2, 3, 1)))
+        sizes += [len(data.TOY_COLOURS)] * 2
+    if not columns:
+        raise ValueError('the dataset has no labels to classify (give a labelled dataset, or the toy world)')
+    targets = torch.from_numpy(np.stack(columns, axis=1)).long()
+    x_all = torch.from_numpy(images).float() / 127.5 - 1  # as train.py feeds reals to D
+    D = build('resnet', dataset.resolution, dataset.num_channels, dataset.label_dim, width, seed=seed, depth=depth)[0]
+    out, embed = D.out, D.embed
+    D.out, D.embed = EqLinear(out.weight.shape[1], sum(sizes)), None  # the classifier head, on D's trunk
+    opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))
+    order = torch.Generator().manual_seed(seed)
+    train_n = len(dataset) - len(dataset) // 10
+
+    def loss_and_accuracy(idx):
+        logits = D(x_all[idx])[0].split(sizes, dim=1)
+        ce = sum(F.cross_entropy(lg, targets[idx, k], ignore_index=-1) for k, lg in enumerate(logits))
+        return ce, [(lg.argmax(1) == targets[idx, k]).float().mean().item() for k, lg in enumerate(logits)]
+
+    nimg, start = 0, time.time()
+    while nimg < kimg * 1000:
+        ce, _ = loss_and_accuracy(torch.randint(train_n, [batch], generator=order))
+        opt.zero_grad(set_to_none=True)
+        ce.backward()
+        opt.step()
+        nimg += batch
+        if nimg // 10000 != (nimg - batch) // 10000 or nimg >= kimg * 1000:
+            with torch.no_grad():
+                held_ce, accuracy = loss_and_accuracy(torch.arange(train_n, len(dataset)))
+            names = (['label'] if dataset.label_dim else []) + (['shape colour', 'background'] if colours else [])
+            log(f'kimg {nimg / 1000:.1f}: train CE {ce.item():.3f}, held-out CE {held_ce.item():.3f}, accuracy ' +
+                ', '.join(f'{n} {a:.3f}' for n, a in zip(names, accuracy)) + f' ({time.time() - start:.0f} s)',
+                flush=True)
+    D.out, D.embed = out, embed
+    return D, accuracy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -573,21 +624,39 @@ class ProjectedD(torch.nn.Module):
 
 
 if __name__ == '__main__':
-    parser = ckpt.Parser(prog='disc.py', description='Build a discriminator and print its size (and speed).')
+    parser = ckpt.Parser(prog='disc.py', description='Build a discriminator and print its size (and speed), or '
+                         'pretrain a ResNet D as a classifier for train.py --dinit.')
     parser.add_argument('--resolution', type=ckpt.number(int, 0), default=32, help='image size')
     parser.add_argument('--labels', type=ckpt.number(int, 0, inclusive=True), default=0, help='number of classes (0: unconditional)')
     parser.add_argument('--width', type=ckpt.number(int, 0), default=64, help='channels at full resolution')
+    parser.add_argument('--depth', type=ckpt.number(int, 0), default=1, help='residual blocks per resolution')
     parser.add_argument('--batch', type=ckpt.number(int, 0), default=8, help='batch for --bench')
     parser.add_argument('--bench', action='store_true', help='time forward+backward')
     parser.add_argument('--projected', default=None, help=f'backbone pair, e.g. vgg16_bn,efficientnet_lite0 (of {", ".join(BACKBONES)})')
     parser.add_argument('--weights', type=ckpt.weights_flag, default=None, help='folders or files holding the backbone weights')
+    parser.add_argument('--pretrain', type=ckpt.number(float, 0), default=None, help='kimg: train a ResNet D on --data '
+                        'as a classifier of its labels (toy: and colours), save it to --dest (its size from --data)')
+    parser.add_argument('--data', default='toy', help='--pretrain: a dataset zip/folder, or "toy" (the toy world)')
+    parser.add_argument('--dest', default=None, help='--pretrain: where to save the D (a .pt for train.py --dinit)')
     args = parser.parse_args()
     unknown = [n for n in (args.projected or '').split(',') if args.projected and n not in BACKBONES]
     if unknown:
         parser.error(f'--projected: unknown backbone {unknown[0]!r}; pick from {", ".join(BACKBONES)}')
+    if args.pretrain:
+        if not args.dest:
+            parser.error('--pretrain needs --dest (where to save the D, e.g. assets/toy-disc.pt)')
+        try:
+            dataset = data.ImageDataset(data.toy_path(16, print) if args.data == 'toy' else args.data)
+            D, _ = pretrain(dataset, args.pretrain, args.data == 'toy', args.width, args.depth)
+        except (data.DatasetError, ValueError) as e:
+            sys.exit(f'error: {e}')
+        name = os.path.splitext(os.path.basename(args.data))[0]
+        ckpt.save_checkpoint(args.dest, D, kind='disc', pretrained=f'{name} classifier, {args.pretrain:g} kimg')
+        print(f'saved {args.dest}: start train.py from it with --dinit {args.dest}')
+        sys.exit(0)
     try:
         D = ProjectedD(args.projected.split(','), args.labels, args.weights) if args.projected else \
-            ResNetD(args.resolution, 3, args.labels, args.width)
+            ResNetD(args.resolution, 3, args.labels, args.width, depth=args.depth)
     except (OSError, ValueError, RuntimeError) as e:
         sys.exit(f'error: {e}')
     trainable = sum(p.numel() for p in D.parameters() if p.requires_grad)

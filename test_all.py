@@ -1595,6 +1595,34 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     path = os.path.join(HERE, preset['dinit'])
     assert disc.start_from(D, 'auto', path) == (path, f', from {path}')
     assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
+    assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 500 kimg'  # disc.py --pretrain 500
+
+
+def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):
+    """disc.pretrain (assets/toy-disc.pt is its output on the toy world at 500 kimg): the trunk learns the images'
+    background colour far above chance (1 in 8); D keeps the output and label projection of the seeded fresh D it
+    was built as; disc.py --pretrain saves a file that --dinit takes for the D train.py's flags build."""
+    zip_path = data.make_toy(str(tmp_path / 'toy.zip'), n=320, resolution=16, seed=2)
+    fresh, _ = disc.build('resnet', 16, 3, 4, 16, seed=0)
+    lines = []
+    D, accuracy = disc.pretrain(data.ImageDataset(zip_path), 6.4, colours=True, width=16, log=lambda *a, **k:
+                                lines.append(a[0]))
+    assert len(accuracy) == 3 and accuracy[2] > 0.5, lines  # label, shape colour, background (held-out)
+    assert lines and 'background' in lines[-1]
+    for name, value in fresh.state_dict().items():  # output and label projection: the fresh D's; the trunk: trained
+        assert torch.equal(D.state_dict()[name], value) == name.startswith(('out.', 'embed.')), name
+    with pytest.raises(ValueError, match='no labels to classify'):
+        disc.pretrain(data.ImageDataset(zip_path, use_labels=False), 0.064)
+    dest = str(tmp_path / 'cls.pt')
+    cmd = [sys.executable, os.path.join(HERE, 'disc.py'), '--pretrain', '0.064', '--data', zip_path, '--width', '16']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith('error: --pretrain needs --dest (where to save the D, e.g. '
+                                                     'assets/toy-disc.pt)') and r.stderr.count('\n') == 1, r.stderr
+    subprocess.run(cmd + ['--dest', dest], check=True, capture_output=True, timeout=120)
+    assert ckpt.load_verified(dest)['meta']['pretrained'] == 'toy classifier, 0.064 kimg'
+    built, _ = disc.build('resnet', 16, 3, 4, 16, seed=1)  # train.py --seed 1 --dwidth 16 on that dataset
+    assert disc.start_from(built, dest) == (dest, f', from {dest}')
+    assert torch.equal(built.state_dict()['out.weight'], fresh.state_dict()['out.weight'])
 
 
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):

@@ -136,6 +136,10 @@ MUTANTS = [
     ('dinit-auto-records-the-file', 'disc.py', [("return 'none', f', fresh ({path} is another kind or shape)'",
                                                   "return path, f', fresh ({path} is another kind or shape)'")],
      "--dinit auto records the preset's D for a run whose D of another shape started fresh"),
+    ('pretrain-keeps-head', 'disc.py', [('    D.out, D.embed = out, embed\n    return D, accuracy', '    return D, accuracy')],
+     "disc.pretrain returns D with the classifier head in place of its output (and no label projection)"),
+    ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
+     "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
 ]
 
 

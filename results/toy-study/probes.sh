@@ -257,11 +257,12 @@ probe b8-dinit 0 40 $f --dinit $out/b8-s1/disc-snapshot-000200000.pt & probe b8-
 probe b8-dinit40 0 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & probe b8-dinit40 1 40 $f --dinit $out/b8-s1/disc-snapshot-000040000.pt & wait  # its D at 40 kimg
 probe b8-dinit-d0 0 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & probe b8-dinit-d0 1 40 $f --dinit $out/b8-s0/disc-snapshot-000200000.pt & wait  # the other seed's D
 # A D whose trunk first learnt to classify the toy world's real images (shape, shape colour, background; a 20-way head in
-# place of its output, then dropped; capacity.py pretrain-d, ~10 min for 200 kimg), then all of it trains as D (--dinit)
-mkdir -p $out/dcls; python results/toy-study/capacity.py pretrain-d --kimg 200 --dest $out/dcls/disc-cls-200.pt > $out/dcls/log-200.txt
+# place of its output, then dropped; disc.py --pretrain, ~10 min for 200 kimg), then all of it trains as D (--dinit).
+# (These ran as capacity.py pretrain-d, which became disc.py --pretrain on 2026-12-06: the same file byte for byte.)
+mkdir -p $out/dcls; python disc.py --pretrain 200 --data toy --dest $out/dcls/disc-cls-200.pt > $out/dcls/log-200.txt
 probe b8-dcls 0 40 $f --dinit $out/dcls/disc-cls-200.pt & probe b8-dcls 1 40 $f --dinit $out/dcls/disc-cls-200.pt & wait
 # the same classifier to 500 kimg (shape accuracy 0.952 against 0.874; one thread, ~51 min beside other runs)
-OMP_NUM_THREADS=1 python results/toy-study/capacity.py pretrain-d --kimg 500 --dest $out/dcls/disc-cls-500.pt > $out/dcls/log-500.txt
+OMP_NUM_THREADS=1 python disc.py --pretrain 500 --data toy --dest $out/dcls/disc-cls-500.pt > $out/dcls/log-500.txt
 probe b8-dcls500 0 40 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 40 $f --dinit $out/dcls/disc-cls-500.pt & wait
 # that D became the toy preset's (2026-12-06): cp $out/dcls/disc-cls-500.pt assets/toy-disc.pt. D2O-F at 5x the G lr with
 # it, seed 1 (seed 0 is the first table's D2O-F row at 5e-4, the same command: python toy_table.py, the README)
