@@ -267,6 +267,9 @@ probe b8-dcls500 0 40 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 
 # that D became the toy preset's (2026-12-06): cp $out/dcls/disc-cls-500.pt assets/toy-disc.pt. D2O-F at 5x the G lr with
 # it, seed 1 (seed 0 is the first table's D2O-F row at 5e-4, the same command: python toy_table.py, the README)
 probe b8-dcls500-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+# 2026-12-06, the next session on that host (the 1-kimg lr4x check's losses again to the last digit): the adopted
+# preset's curve on to 200 kimg, b8-dcls500 resumed from its 40-kimg states (FID every 10 kimg as before)
+probe b8-dcls500 0 200 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 200 $f --dinit $out/dcls/disc-cls-500.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -278,3 +281,4 @@ python toy_table.py --study $out --plot fid-curve-b8-200 --curves d2o-r1g1-200,b
 python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e-4,b8-f-lr5e-4,b8-f-lr1e-3 --upto 100
 python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp,b8-dcls,b8-dcls500 --upto 100
 python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8-f-lr5e-4,b8-dcls500-f-lr5e-4 --upto 40
+python toy_table.py --study $out --plot fid-curve-dcls-200 --curves b8,b8-dcls500
