@@ -268,8 +268,9 @@ def pretrain(dataset, kimg, colours=False, width=64, depth=1, seed=0, batch=64, 
     their labels and, with colours (the toy world), their shape and background colours (data.toy_colours). A linear
     head in place of D's output learns them by cross-entropy (Adam; the last tenth of the images held out, their
     accuracy every 10 kimg); then D gets back its fresh output and label projection, so that it starts undecided on
-    real vs fake and only the trunk carries what it learnt. The counterpart, on data without an ImageNet, of the
-    projected D's pretrained features (and of DMD2's GAN classifier, arXiv 2405.14867, on the teacher's features)."""
+    real vs fake and only the trunk carries what it learnt. Where ImageNet features do not fit (the toy world), the
+    counterpart of the projected D's pretrained features (and of DMD2's GAN classifier on the teacher's features,
+    arXiv 2405.14867)."""
     images = np.stack([dataset.image(i) for i in range(len(dataset))])  # uint8 [N,C,R,R]
     columns = [dataset.labels] if dataset.label_dim else []
     sizes = [dataset.label_dim] if dataset.label_dim else []
@@ -278,6 +279,9 @@ def pretrain(dataset, kimg, colours=False, width=64, depth=1, seed=0, batch=64, 
         sizes += [len(data.TOY_COLOURS)] * 2
     if not columns:
         raise ValueError('the dataset has no labels to classify (give a labelled dataset, or the toy world)')
+    if len(dataset) < 20:
+        raise ValueError(f'{len(dataset)} images are too few to train on and hold a tenth out (give at least 20)')
+    names = (['label'] if dataset.label_dim else []) + (['shape colour', 'background'] if colours else [])
     targets = torch.from_numpy(np.stack(columns, axis=1)).long()
     x_all = torch.from_numpy(images).float() / 127.5 - 1  # as train.py feeds reals to D
     D = build('resnet', dataset.resolution, dataset.num_channels, dataset.label_dim, width, seed=seed, depth=depth)[0]
@@ -302,7 +306,6 @@ def pretrain(dataset, kimg, colours=False, width=64, depth=1, seed=0, batch=64, 
         if nimg // 10000 != (nimg - batch) // 10000 or nimg >= kimg * 1000:
             with torch.no_grad():
                 held_ce, accuracy = loss_and_accuracy(torch.arange(train_n, len(dataset)))
-            names = (['label'] if dataset.label_dim else []) + (['shape colour', 'background'] if colours else [])
             log(f'kimg {nimg / 1000:.1f}: train CE {ce.item():.3f}, held-out CE {held_ce.item():.3f}, accuracy ' +
                 ', '.join(f'{n} {a:.3f}' for n, a in zip(names, accuracy)) + f' ({time.time() - start:.0f} s)',
                 flush=True)

@@ -1605,8 +1605,8 @@ def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_p
     zip_path = data.make_toy(str(tmp_path / 'toy.zip'), n=320, resolution=16, seed=2)
     fresh, _ = disc.build('resnet', 16, 3, 4, 16, seed=0)
     lines = []
-    D, accuracy = disc.pretrain(data.ImageDataset(zip_path), 6.4, colours=True, width=16, log=lambda *a, **k:
-                                lines.append(a[0]))
+    log = lambda line, **kw: lines.append(line)
+    D, accuracy = disc.pretrain(data.ImageDataset(zip_path), 6.4, colours=True, width=16, log=log)
     assert len(accuracy) == 3 and accuracy[2] > 0.5, lines  # label, shape colour, background (held-out)
     assert lines and 'background' in lines[-1]
     for name, value in fresh.state_dict().items():  # output and label projection: the fresh D's; the trunk: trained
