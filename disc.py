@@ -204,15 +204,20 @@ RECIPES = dict(resnet=dict(dlr=2e-3, r1_gamma=1.0), ratio=dict(dlr=2e-3, r1_gamm
                teacher=dict(dlr=1e-4, r1_gamma=0.1))
 
 
-def from_flags(args, kinds, preset, dataset, G, log=print):
+def from_flags(args, kinds, preset, dataset, G, log=print, fresh=False):
     """train.py's D from its flags: --disc auto resolved (choose), then the kind's own --dlr and --r1-gamma unless
-    given (the projected D's: the preset's), written back into args; returns build's D and description."""
+    given (the projected D's: the preset's), written back into args; fresh (no state will be loaded): its weights
+    from --dinit (start_from), written back as the file D started from or 'none'. -> (D, its description)"""
     args.disc = choose(args.disc, args.loss, kinds, preset.get('disc'), dataset.resolution, args.weights, log)
     recipe = RECIPES.get(args.disc, preset)
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
-    return build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth, args.weights,
-                 args.seed, G, args.dsigma, args.ddepth)
+    D, desc = build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth, args.weights,
+                    args.seed, G, args.dsigma, args.ddepth)
+    note = ''
+    if fresh:
+        args.dinit, note = start_from(D, args.dinit, preset.get('dinit', 'none'))
+    return D, desc + note
 
 
 def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1, depth=1):

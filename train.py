@@ -160,11 +160,9 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
     layout = torch.channels_last if device.type == 'cuda' else torch.preserve_format
     run.G = unet.D2OGenerator(unet.generator_net(net), args.gsigma) if run.kind == 'generator' else net
     if run.kind == 'generator':
-        try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's)
-            D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log)
-            if fresh:  # --dinit, before DDP and compile wrap D; written back as the file D started from, or none
-                args.dinit, note = disc.start_from(D, args.dinit, preset.get('dinit', 'none'))
-                run.d_desc += note
+        try:  # the projected D's --dlr and --r1-gamma: the preset's (toy: CUSTOM's); --dinit before DDP wraps D
+            D, run.d_desc = disc.from_flags(args, loss.LOSSES[args.loss][2], CUSTOM | preset, dataset, run.G, log,
+                                            fresh)
         except (RuntimeError, ValueError) as e:
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
