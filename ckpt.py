@@ -40,6 +40,7 @@ import re
 import resource
 import struct
 import sys
+import tempfile
 import time
 import urllib.request
 import zipfile
@@ -490,6 +491,19 @@ def atomic_write(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_writable(path, error=ValueError):
+    """Before long work that ends in atomic_write(path): stop now, with one line, if path cannot be written (a folder,
+    a place without write permission, a file where a folder should be), not after the work."""
+    if os.path.isdir(path):
+        raise error(f'--dest {path} is a folder; give a file name')
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise error(f'--dest {path}: cannot write there ({e.strerror}); give a writable place') from None
 
 
 def atomic_text(path, text):

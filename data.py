@@ -378,6 +378,7 @@ def check_dest(source, dest, overwrite):
         raise DatasetError(f'--dest {dest}: give a .zip file name (the dataset is written as one uncompressed zip)')
     if os.path.isdir(dest):
         raise DatasetError(f'--dest {dest} is a directory; give a .zip file name')
+    ckpt.check_writable(dest, DatasetError)
     if not os.path.exists(dest):
         return
     if os.path.exists(source) and os.path.samefile(source, dest):

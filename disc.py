@@ -654,6 +654,7 @@ if __name__ == '__main__':
         if not args.dest:
             parser.error('--pretrain needs --dest (where to save the D, e.g. assets/toy-disc.pt)')
         try:
+            ckpt.check_writable(args.dest)  # before the training, not after it
             dataset = data.ImageDataset(data.toy_path(16, print) if args.data == 'toy' else args.data)
             D, _ = pretrain(dataset, args.pretrain, args.data == 'toy', args.width, args.depth)
         except (data.DatasetError, ValueError) as e:

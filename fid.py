@@ -512,6 +512,8 @@ def main():
             sys.exit(f'error: --images {path} not found; write samples there first, e.g. python sample.py --net NET '
                      f'--seeds 0-49999 --outdir {path} --subdirs')
 
+    if args.cmd == 'ref':
+        ckpt.check_writable(args.dest)  # before the statistics (minutes to hours), not after them
     if args.cmd == 'census':
         for path in args.images:
             src = ImageSource(path)

@@ -1625,6 +1625,32 @@ def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_p
     assert torch.equal(built.state_dict()['out.weight'], fresh.state_dict()['out.weight'])
 
 
+def test_a_dest_that_cannot_be_written_stops_before_the_work(tmp_path):
+    """disc.py --pretrain, data.py convert and fid.py ref end in one atomic write after minutes to hours of work: a
+    --dest that cannot be written (a folder; under a file) stops them at once with one line, and a good one is left
+    as it was (its folder made, nothing in it)."""
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    blocked = str(blocker / 'out.pt')
+    with pytest.raises(ValueError, match=f'--dest {tmp_path} is a folder; give a file name'):
+        ckpt.check_writable(str(tmp_path))
+    with pytest.raises(ValueError, match='cannot write there .*; give a writable place'):
+        ckpt.check_writable(blocked)
+    if os.path.isdir('/proc'):  # Linux: a folder that no one may write in, root included (CI runs as root)
+        with pytest.raises(ValueError, match='--dest /proc/out.pt: cannot write there'):
+            ckpt.check_writable('/proc/out.pt')
+    ckpt.check_writable(str(tmp_path / 'new' / 'out.pt'))
+    assert os.listdir(tmp_path / 'new') == []
+    zip_path = data.make_toy(str(tmp_path / 'toy.zip'), n=40, resolution=16)
+    with pytest.raises(data.DatasetError, match='cannot write there'):
+        data.convert(zip_path, str(blocker / 'out.zip'))
+    for script, args in (('disc.py', ['--pretrain', '1000', '--data', zip_path]), ('fid.py', ['ref', '--data', zip_path])):
+        r = subprocess.run([sys.executable, os.path.join(HERE, script), *args, '--dest', blocked], capture_output=True,
+                           text=True, timeout=60)  # 1000 kimg would take hours: the check comes first
+        assert r.returncode == 1 and r.stderr.startswith(f'error: --dest {blocked}: cannot write there') \
+            and r.stderr.count('\n') == 1, (script, r.stderr)
+
+
 def test_train_gsigma_from_the_preset_and_runs_older_than_the_flag(tiny, tmp_path, monkeypatch):
     """--gsigma: a preset's value unless typed; a run whose state predates the flag resumes at D2O's 80, whatever the
     preset says now (its G was D(80z; 80)); one older than --gan resumes with D2O's loss, and --gan rp is refused."""

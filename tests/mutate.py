@@ -140,6 +140,10 @@ MUTANTS = [
      "disc.pretrain returns D with the classifier head in place of its output (and no label projection)"),
     ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
      "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
+    ('pretrain-dest-checked-late', 'disc.py', [('            ckpt.check_writable(args.dest)  # before the training, not after it\n', '')],
+     "disc.py --pretrain finds out that --dest cannot be written only when it saves, after the training"),
+    ('writable-no-probe', 'ckpt.py', [('        tempfile.TemporaryFile(dir=folder).close()\n', '')],
+     "check_writable only makes the folder: a folder without write permission passes"),
 ]
 
 
