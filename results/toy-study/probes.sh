@@ -286,4 +286,4 @@ python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e
 python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp,b8-dcls,b8-dcls500 --upto 100
 python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8-f-lr5e-4,b8-dcls500-f-lr5e-4 --upto 40
 python toy_table.py --study $out --plot fid-curve-dcls-200 --curves b8,b8-dcls500
-python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000 --upto 40
+python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000 --upto 80
