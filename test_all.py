@@ -1595,11 +1595,11 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     path = os.path.join(HERE, preset['dinit'])
     assert disc.start_from(D, 'auto', path) == (path, f', from {path}')
     assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
-    assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 500 kimg'  # disc.py --pretrain 500
+    assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 1000 kimg'  # disc.py --pretrain 1000
 
 
 def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):
-    """disc.pretrain (assets/toy-disc.pt is its output on the toy world at 500 kimg): the trunk learns the images'
+    """disc.pretrain (assets/toy-disc.pt is its output on the toy world at 1000 kimg): the trunk learns the images'
     background colour far above chance (1 in 8); D keeps the output and label projection of the seeded fresh D it
     was built as; disc.py --pretrain saves a file that --dinit takes for the D train.py's flags build."""
     zip_path = data.make_toy(str(tmp_path / 'toy.zip'), n=320, resolution=16, seed=2)

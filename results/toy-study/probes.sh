@@ -274,6 +274,11 @@ probe b8-dcls500 0 200 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1
 # accuracy 0.987 against 0.952 at 500), then D2O from it at two seeds
 python disc.py --pretrain 1000 --data toy --dest $out/dcls/disc-cls-1000.pt > $out/dcls/log-1000.txt
 probe b8-dcls1000 0 40 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 40 $f --dinit $out/dcls/disc-cls-1000.pt & wait
+# on to 80 kimg, resumed from their 40-kimg states (the same session)
+probe b8-dcls1000 0 80 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 80 $f --dinit $out/dcls/disc-cls-1000.pt & wait
+# that D became the toy preset's (late 2026-12-06, the next session): cp $out/dcls/disc-cls-1000.pt assets/toy-disc.pt;
+# then D2O-F at 5x the G lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's last run
+probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
