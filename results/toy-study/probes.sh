@@ -279,6 +279,8 @@ probe b8-dcls1000 0 80 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000
 # that D became the toy preset's (late 2026-12-06, the next session): cp $out/dcls/disc-cls-1000.pt assets/toy-disc.pt;
 # then D2O-F at 5x the G lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's last run
 probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+# and the preset's two seeds on to 120 kimg, resumed from their 80-kimg states (the same session)
+probe b8-dcls1000 0 120 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 120 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -291,4 +293,4 @@ python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e
 python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp,b8-dcls,b8-dcls500 --upto 100
 python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8-f-lr5e-4,b8-dcls500-f-lr5e-4 --upto 40
 python toy_table.py --study $out --plot fid-curve-dcls-200 --curves b8,b8-dcls500
-python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000 --upto 80
+python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000 --upto 120
