@@ -1,9 +1,9 @@
 """Discriminators. Every D has one interface: D(images in [-1,1] [N,C,R,R], one-hot labels [N,L] or None) -> a list
 of logit tensors, each [N, P] (P positions; the GAN losses average over positions, R1 sums over them).
 
-    python disc.py --resolution 32 --labels 10                          # the ResNet D's size
-    python disc.py --resolution 32 --width 32 --bench                   # time one forward+backward
-    python disc.py --projected vgg16_bn,efficientnet_lite0 --bench      # the official D (needs the weight files)
+    python disc.py --resolution 32 --labels 10                           # the ResNet D's size
+    python disc.py --resolution 32 --width 32 --bench                    # time one forward+backward
+    python disc.py --projected vgg16_bn,efficientnet_lite0 --bench       # the official D (needs the weight files)
     python disc.py --pretrain 1000 --data toy --dest assets/toy-disc.pt  # the toy preset's D: a classifier first
 
 ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data's native resolution (equalized

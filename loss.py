@@ -91,6 +91,26 @@ class DObjective(torch.nn.Module):
 
 # ------------------------------------------------------------------------------------------------------------------
 # One iteration per --loss: run its optimizer steps on the real batch x (labels or None) and return its losses.
+# train.py's loop calls set_rates before each iteration and ema_update after it.
+
+def set_rates(run):
+    """Learning rates (with warm-up) and D's beta2 from the flags, every iteration: new ones take effect on resume."""
+    args = run.args  # lazy R1 (StyleGAN2) scales D's lr and beta2 by interval / (interval + 1); without R1, by 1
+    lazy = args.r1_interval / (args.r1_interval + 1) if args.r1_gamma else 1.0
+    for group in run.opt_G.param_groups:
+        group['lr'] = args.lr * min(run.nimg / (args.lr_rampup * 1000), 1) if args.lr_rampup else args.lr
+    for group in run.opt_D.param_groups if run.opt_D else []:
+        group['lr'], group['betas'] = args.dlr * lazy, (0.0, 0.99 ** lazy)
+
+
+@torch.no_grad()
+def ema_update(G_ema, G, args, nimg):
+    """EMA with a half-life in images, at most ema_rampup of the images seen before this batch."""
+    half_life = min(args.ema * 1000, args.ema_rampup * nimg) if args.ema_rampup else args.ema * 1000
+    beta = 0.5 ** (args.batch / max(half_life, 1e-8))
+    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+        p_ema.lerp_(p, 1 - beta)
+
 
 def step(run, opt, module, params, micro_loss, stage):
     """zero_grad, accumulate the batch mean over micro-batches (DDP syncs on the last), check finiteness, step."""

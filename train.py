@@ -167,7 +167,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
-        run.opt_D = torch.optim.Adam(run.d_params, betas=(0.0, 0.99), eps=1e-8)  # lr, beta2: set_rates (lazy R1)
+        run.opt_D = torch.optim.Adam(run.d_params, betas=(0.0, 0.99), eps=1e-8)  # lr, beta2: loss.set_rates
         run.D_fast = torch.compile(run.D) if args.compile else run.D  # R1's double backward runs D eagerly
         run.D_ddp = ddp(loss.DObjective(run.D, run.D_fast))
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)
@@ -182,25 +182,6 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
     run.parts = dict(G=run.G, G_ema=run.G_ema, opt_G=run.opt_G, scaler_G=run.scalers['G'], scaler_D=run.scalers['D'])
     run.parts |= dict(D=run.D, opt_D=run.opt_D) if run.D is not None else {}  # what a state holds besides counters
     return run
-
-
-def set_rates(run):
-    """Learning rates (with warm-up) and D's beta2 from the flags, every iteration: new ones take effect on resume."""
-    args = run.args  # lazy R1 (StyleGAN2) scales D's lr and beta2 by interval / (interval + 1); without R1, by 1
-    lazy = args.r1_interval / (args.r1_interval + 1) if args.r1_gamma else 1.0
-    for group in run.opt_G.param_groups:
-        group['lr'] = args.lr * min(run.nimg / (args.lr_rampup * 1000), 1) if args.lr_rampup else args.lr
-    for group in run.opt_D.param_groups if run.opt_D else []:
-        group['lr'], group['betas'] = args.dlr * lazy, (0.0, 0.99 ** lazy)
-
-
-@torch.no_grad()
-def ema_update(G_ema, G, args, nimg):
-    """EMA with a half-life in images, at most ema_rampup of the images seen before this batch."""
-    half_life = min(args.ema * 1000, args.ema_rampup * nimg) if args.ema_rampup else args.ema * 1000
-    beta = 0.5 ** (args.batch / max(half_life, 1e-8))
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.lerp_(p, 1 - beta)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Snapshots: grid, G_ema checkpoint, FID and training state.
@@ -307,14 +288,14 @@ def train(run, dataset, loop_fid, kept, log):
         x, labels = dataset.batch(sampler.indices(run.nimg, args.batch, run.rank, run.world))
         x = torch.from_numpy(x).to(device).float() / 127.5 - 1
         labels = torch.from_numpy(labels).to(device) if dataset.label_dim else None
-        set_rates(run)
+        loss.set_rates(run)
         try:
             for k, v in iteration(run, x, labels).items():
                 stats.setdefault(k, []).append(v)
         except FloatingPointError as e:
             log(f'error: {e}')
             raise SystemExit(1)
-        ema_update(run.G_ema, run.G, args, run.nimg)
+        loss.ema_update(run.G_ema, run.G, args, run.nimg)
         run.nimg += args.batch
         run.it += 1
 
