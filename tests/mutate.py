@@ -81,7 +81,7 @@ MUTANTS = [
      "a resume without D's optimizer state"),
     ('train-sampler-rank', 'train.py', [('sampler.indices(run.nimg, args.batch, run.rank, run.world)', 'sampler.indices(run.nimg, args.batch, 0, run.world)')],
      "train.py asks the sampler for rank 0's share on every rank"),
-    ('d-logits-reduced-precision', 'loss.py', [('return generator_loss([l.float() for l in logits])', 'return generator_loss(logits)')],
+    ('d-logits-reduced-precision', 'loss.py', [('logits = [l.float() for l in run.D_fast(images, pick(s), **kw)]', 'logits = list(run.D_fast(images, pick(s), **kw))')],
      "the G loss reduced in D's autocast precision instead of fp32"),
     ('cond-not-from-network', 'train.py', [('args.cond = int(net.label_dim > 0)', 'args.cond = 1')],
      '--cond defaults to 1 whatever the network'),
