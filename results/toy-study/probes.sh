@@ -281,6 +281,8 @@ probe b8-dcls1000 0 80 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000
 probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
 # and the preset's two seeds on to 120 kimg, resumed from their 80-kimg states (the same session)
 probe b8-dcls1000 0 120 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 120 $f --dinit $out/dcls/disc-cls-1000.pt & wait
+# and on to 200 kimg, resumed from their 120-kimg states (2026-12-07; a resume needs the --dinit path it started with)
+probe b8-dcls1000 0 200 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 200 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -293,4 +295,4 @@ python toy_table.py --study $out --plot fid-curve-d2o-f-b8 --curves b8,b8-f-lr3e
 python toy_table.py --study $out --plot fid-curve-dinit --curves b8,b8-dinit,b8-dinit-d0,b8-dinit40,b8-rp,b8-dcls,b8-dcls500 --upto 100
 python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8-f-lr5e-4,b8-dcls500-f-lr5e-4 --upto 40
 python toy_table.py --study $out --plot fid-curve-dcls-200 --curves b8,b8-dcls500
-python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000 --upto 120
+python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000
