@@ -283,6 +283,9 @@ probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e
 probe b8-dcls1000 0 120 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 120 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # and on to 200 kimg, resumed from their 120-kimg states (2026-12-07; a resume needs the --dinit path it started with)
 probe b8-dcls1000 0 200 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 200 $f --dinit $out/dcls/disc-cls-1000.pt & wait
+# the preset with G's lr 2x (D's kept), and with D's lr halved (G's kept), two seeds each (2026-12-07)
+probe b8-dcls1000-lr2e-4 0 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & probe b8-dcls1000-lr2e-4 1 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & wait
+probe b8-dcls1000-dlr1e-3 0 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
