@@ -286,6 +286,8 @@ probe b8-dcls1000 0 200 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls100
 # the preset with G's lr 2x (D's kept), and with D's lr halved (G's kept), two seeds each (2026-12-07)
 probe b8-dcls1000-lr2e-4 0 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & probe b8-dcls1000-lr2e-4 1 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & wait
 probe b8-dcls1000-dlr1e-3 0 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & wait
+# D2O-F at 3x the G lr with the preset's D, seed 1 (seed 0 is the first table's row, the same command), alone
+probe b8-dcls1000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
