@@ -288,6 +288,9 @@ probe b8-dcls1000-lr2e-4 0 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & probe b8
 probe b8-dcls1000-dlr1e-3 0 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & wait
 # D2O-F at 3x the G lr with the preset's D, seed 1 (seed 0 is the first table's row, the same command), alone
 probe b8-dcls1000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
+# EMA at the main command's end (2026-12-07): FID of G itself from the training state of \`python train.py --rundir
+# /tmp/main1000\` (the preset's main command, its 14 kimg; in-loop G_ema 120.10) -> ema-vs-g.txt
+fid_of_g /tmp/main1000 000014000 >> $out/ema-vs-g.txt
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
