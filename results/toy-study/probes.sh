@@ -288,9 +288,10 @@ probe b8-dcls1000-lr2e-4 0 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & probe b8
 probe b8-dcls1000-dlr1e-3 0 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & wait
 # D2O-F at 3x the G lr with the preset's D, seed 1 (seed 0 is the first table's row, the same command), alone
 probe b8-dcls1000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
-# EMA at the main command's end (2026-12-07): FID of G itself from the training state of \`python train.py --rundir
-# /tmp/main1000\` (the preset's main command, its 14 kimg; in-loop G_ema 120.10) -> ema-vs-g.txt
-fid_of_g /tmp/main1000 000014000 >> $out/ema-vs-g.txt
+# EMA at the main command's end (2026-12-07): FID of G itself from the main command's training state at its 14 kimg
+# (in-loop G_ema 120.10; it ran as `python train.py --rundir /tmp/main1000`, the line below's run) -> ema-vs-g.txt
+python train.py --rundir $out/main14-ema > $out/main14-ema.log 2>&1
+fid_of_g $out/main14-ema 000014000 >> $out/ema-vs-g.txt
 # the classification on to 2000 kimg (2026-12-07; two threads, alone, 91 min; shape accuracy 0.998 against 0.987 at
 # 1000, whose lines it repeats to the digit up to there), then D2O from it at two seeds
 python disc.py --pretrain 2000 --data toy --dest $out/dcls/disc-cls-2000.pt > $out/dcls/log-2000.txt
