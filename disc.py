@@ -4,7 +4,7 @@ of logit tensors, each [N, P] (P positions; the GAN losses average over position
     python disc.py --resolution 32 --labels 10                           # the ResNet D's size
     python disc.py --resolution 32 --width 32 --bench                    # time one forward+backward
     python disc.py --projected vgg16_bn,efficientnet_lite0 --bench       # the official D (needs the weight files)
-    python disc.py --pretrain 1000 --data toy --dest assets/toy-disc.pt  # the toy preset's D: a classifier first
+    python disc.py --pretrain 2000 --data toy --dest assets/toy-disc.pt  # the toy preset's D: a classifier first
 
 ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data's native resolution (equalized
 learning rate, leaky ReLU, minibatch-std, projection conditioning on class labels), randomly initialised as in

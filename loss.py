@@ -108,8 +108,7 @@ def ema_update(G_ema, G, args, nimg):
     """EMA with a half-life in images, at most ema_rampup of the images seen before this batch."""
     half_life = min(args.ema * 1000, args.ema_rampup * nimg) if args.ema_rampup else args.ema * 1000
     beta = 0.5 ** (args.batch / max(half_life, 1e-8))
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.lerp_(p, 1 - beta)
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
 
 
 def step(run, opt, module, params, micro_loss, stage):
@@ -126,7 +125,8 @@ def step(run, opt, module, params, micro_loss, stage):
         total /= run.world
     loss_ok = math.isfinite(total.item())
     grads = [param.grad for param in params if param.grad is not None]
-    grads_ok = scaler.is_enabled() or all(torch.isfinite(grad).all() for grad in grads)  # fp16: the scaler skips
+    # fp16: the scaler skips. Else each gradient's max-norm (NaN and inf carry through) in one call, not one per tensor.
+    grads_ok = scaler.is_enabled() or not grads or torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()
     if not (loss_ok and grads_ok):
         raise FloatingPointError(f'non-finite {stage} {"gradient" if loss_ok else "loss"} (loss {total.item()}) at '
                                  f'iteration {run.it}, {run.nimg / 1000:.3f} kimg. The last good state is kept in '

@@ -1227,6 +1227,25 @@ def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsy
     assert 'resumed from' in capsys.readouterr().out
 
 
+def test_train_nan_gradient_of_finite_loss_stops(tiny, tmp_path, monkeypatch, capsys):
+    """A NaN gradient in one G tensor under a finite loss stops the run, as a NaN loss does."""
+    real = freeze.freeze
+    calls = {'n': 0}
+
+    def poison_one_gradient(grad):
+        calls['n'] += 1
+        return grad * float('nan') if calls['n'] == 3 else grad
+
+    def freeze_and_hook(G, *args, **kwargs):  # train.py hands G to freeze.freeze once, before the loop
+        list(G.parameters())[-1].register_hook(poison_one_gradient)
+        return real(G, *args, **kwargs)
+    monkeypatch.setattr(freeze, 'freeze', freeze_and_hook)
+    with pytest.raises(SystemExit):
+        run_train(tiny, tmp_path / 'nan', '--kimg', '0.08')
+    out = capsys.readouterr().out
+    assert 'non-finite G gradient (loss ' in out and 'iteration 2' in out
+
+
 def test_train_edm_loss_decreases(tiny, tmp_path, monkeypatch):
     heun = sample.Sampler  # the snapshots' grids at 2 Heun steps, not 18 (64 images at 18 steps: 35 s of 45 here)
     monkeypatch.setattr(sample, 'Sampler', lambda net, method, num_steps=18, **kw: heun(net, method, num_steps=2, **kw))
@@ -1595,7 +1614,7 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     path = os.path.join(HERE, preset['dinit'])
     assert disc.start_from(D, 'auto', path) == (path, f', from {path}')
     assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
-    assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 1000 kimg'  # disc.py --pretrain 1000
+    assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 2000 kimg'  # disc.py --pretrain 2000
 
 
 def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):

@@ -296,6 +296,9 @@ fid_of_g $out/main14-ema 000014000 >> $out/ema-vs-g.txt
 # 1000, whose lines it repeats to the digit up to there), then D2O from it at two seeds
 python disc.py --pretrain 2000 --data toy --dest $out/dcls/disc-cls-2000.pt > $out/dcls/log-2000.txt
 probe b8-dcls2000 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000 1 40 $f --dinit $out/dcls/disc-cls-2000.pt & wait
+# the 2000-kimg D became the preset's (2026-12-07): cp $out/dcls/disc-cls-2000.pt assets/toy-disc.pt. D2O-F at 5x the G
+# lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's runs
+probe b8-dcls2000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
