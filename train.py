@@ -46,10 +46,10 @@ PRESETS = {
                     lr=2e-5, dlr=4e-5, batch=256, kimg=10000, r1_gamma=1e-4 / 64, ema=500),
     'imagenet64': dict(data='datasets/imagenet-64x64.zip', init='edm-imagenet-64x64-cond-adm',
                        lr=8e-6, dlr=4e-5, batch=512, kimg=10000, r1_gamma=1e-4 / 128, ema=50000),
-    # toy: batch 8 and a D pretrained as a toy classifier are ahead at equal images (README, the toy D2O study); 14 kimg
-    # fits 10 min on 2 CPU cores (16 took 10-11 min)
+    # toy: batch 8 and a D pretrained as a toy classifier are ahead at equal images (README, the toy D2O study); 16 kimg
+    # fits 10 min on 2 CPU cores (20 took 10-11 min)
     'toy': dict(data=data.toy_path(16), init='assets/toy-edm.pt', disc='resnet',
-                lr=1e-4, batch=8, kimg=14, ema=500, dwidth=64, fid_num=500, fid_ref=1000, dinit='assets/toy-disc.pt'),
+                lr=1e-4, batch=8, kimg=16, ema=500, dwidth=64, fid_num=500, fid_ref=1000, dinit='assets/toy-disc.pt'),
 }
 CUSTOM = dict(init=None, lr=1e-4, dlr=1e-4, batch=64, kimg=1000, r1_gamma=1e-4 / 64, ema=500)  # any other --data
 EDM_LOSS = dict(lr=1e-3, lr_rampup=10000, ema=500, betas=(0.9, 0.999))  # EDM's defaults for --loss edm
