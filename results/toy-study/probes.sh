@@ -299,6 +299,8 @@ probe b8-dcls2000 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000
 # the 2000-kimg D became the preset's (2026-12-07): cp $out/dcls/disc-cls-2000.pt assets/toy-disc.pt. D2O-F at 5x the G
 # lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's runs
 probe b8-dcls2000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+# and at 3x the G lr, seed 1 (seed 0 is the table's 3x row), beside the test suite
+probe b8-dcls2000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
