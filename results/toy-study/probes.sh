@@ -10,6 +10,8 @@ out=${1:-results/toy-study}
 # 2026-12-05, now 8), and its D fresh (until 2026-12-06; now --dinit auto, the trained assets/toy-disc.pt): every probe
 # states all three, and a probe's own --r1-gamma, --batch or --dinit, coming later, wins. (Runs that resume a training
 # state take its batch and D.)
+# Probes that ran with --dinit assets/toy-disc.pt (their records name that path) are written below with the classifier
+# file that the asset was byte for byte at the time, so that a rerun does not take today's asset.
 probe() {  # NAME SEED KIMG [flags...] -> $out/NAME-sSEED (rerun to resume; a higher KIMG extends)
     name=$1; seed=$2; kimg=$3; shift 3
     mkdir -p "$out/$name-s$seed"
@@ -266,7 +268,7 @@ OMP_NUM_THREADS=1 python disc.py --pretrain 500 --data toy --dest $out/dcls/disc
 probe b8-dcls500 0 40 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 40 $f --dinit $out/dcls/disc-cls-500.pt & wait
 # that D became the toy preset's (2026-12-06): cp $out/dcls/disc-cls-500.pt assets/toy-disc.pt. D2O-F at 5x the G lr with
 # it, seed 1 (seed 0 is the first table's D2O-F row at 5e-4, the same command: python toy_table.py, the README)
-probe b8-dcls500-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+probe b8-dcls500-f-lr5e-4 1 40 $f --dinit $out/dcls/disc-cls-500.pt --freeze 1 --lr 5e-4
 # 2026-12-06, the next session on that host (the 1-kimg lr4x check's losses again to the last digit): the adopted
 # preset's curve on to 200 kimg, b8-dcls500 resumed from its 40-kimg states (FID every 10 kimg as before)
 probe b8-dcls500 0 200 $f --dinit $out/dcls/disc-cls-500.pt & probe b8-dcls500 1 200 $f --dinit $out/dcls/disc-cls-500.pt & wait
@@ -278,16 +280,16 @@ probe b8-dcls1000 0 40 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000
 probe b8-dcls1000 0 80 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 80 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # that D became the toy preset's (late 2026-12-06, the next session): cp $out/dcls/disc-cls-1000.pt assets/toy-disc.pt;
 # then D2O-F at 5x the G lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's last run
-probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+probe b8-dcls1000-f-lr5e-4 1 40 $f --dinit $out/dcls/disc-cls-1000.pt --freeze 1 --lr 5e-4
 # and the preset's two seeds on to 120 kimg, resumed from their 80-kimg states (the same session)
 probe b8-dcls1000 0 120 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 120 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # and on to 200 kimg, resumed from their 120-kimg states (2026-12-07; a resume needs the --dinit path it started with)
 probe b8-dcls1000 0 200 $f --dinit $out/dcls/disc-cls-1000.pt & probe b8-dcls1000 1 200 $f --dinit $out/dcls/disc-cls-1000.pt & wait
 # the preset with G's lr 2x (D's kept), and with D's lr halved (G's kept), two seeds each (2026-12-07)
-probe b8-dcls1000-lr2e-4 0 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & probe b8-dcls1000-lr2e-4 1 40 $f --dinit assets/toy-disc.pt --lr 2e-4 & wait
-probe b8-dcls1000-dlr1e-3 0 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit assets/toy-disc.pt --dlr 1e-3 & wait
+probe b8-dcls1000-lr2e-4 0 40 $f --dinit $out/dcls/disc-cls-1000.pt --lr 2e-4 & probe b8-dcls1000-lr2e-4 1 40 $f --dinit $out/dcls/disc-cls-1000.pt --lr 2e-4 & wait
+probe b8-dcls1000-dlr1e-3 0 40 $f --dinit $out/dcls/disc-cls-1000.pt --dlr 1e-3 & probe b8-dcls1000-dlr1e-3 1 40 $f --dinit $out/dcls/disc-cls-1000.pt --dlr 1e-3 & wait
 # D2O-F at 3x the G lr with the preset's D, seed 1 (seed 0 is the first table's row, the same command), alone
-probe b8-dcls1000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
+probe b8-dcls1000-f-lr3e-4 1 40 $f --dinit $out/dcls/disc-cls-1000.pt --freeze 1 --lr 3e-4
 # EMA at the main command's end (2026-12-07): FID of G itself from the main command's training state at its 14 kimg
 # (in-loop G_ema 120.10; it ran as `python train.py --rundir /tmp/main1000`, the line below's run) -> ema-vs-g.txt
 python train.py --rundir $out/main14-ema > $out/main14-ema.log 2>&1
@@ -298,9 +300,9 @@ python disc.py --pretrain 2000 --data toy --dest $out/dcls/disc-cls-2000.pt > $o
 probe b8-dcls2000 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000 1 40 $f --dinit $out/dcls/disc-cls-2000.pt & wait
 # the 2000-kimg D became the preset's (2026-12-07): cp $out/dcls/disc-cls-2000.pt assets/toy-disc.pt. D2O-F at 5x the G
 # lr with it, seed 1 (seed 0 is the first table's row, the same command), beside the table's runs
-probe b8-dcls2000-f-lr5e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 5e-4
+probe b8-dcls2000-f-lr5e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --freeze 1 --lr 5e-4
 # and at 3x the G lr, seed 1 (seed 0 is the table's 3x row), beside the test suite
-probe b8-dcls2000-f-lr3e-4 1 40 $f --dinit assets/toy-disc.pt --freeze 1 --lr 3e-4
+probe b8-dcls2000-f-lr3e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --freeze 1 --lr 3e-4
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
