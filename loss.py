@@ -111,6 +111,13 @@ def ema_update(G_ema, G, args, nimg):
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1 - beta)
 
 
+def all_finite(tensors):
+    """No NaN or inf in any tensor (None: skipped): each one's max-norm, which NaN and inf carry through, in one
+    call rather than one per tensor."""
+    tensors = [t for t in tensors if t is not None]
+    return not tensors or bool(torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all())
+
+
 def step(run, opt, module, params, micro_loss, stage):
     """zero_grad, accumulate the batch mean over micro-batches (DDP syncs on the last), check finiteness, step."""
     opt.zero_grad(set_to_none=True)
@@ -124,9 +131,7 @@ def step(run, opt, module, params, micro_loss, stage):
         torch.distributed.all_reduce(total)
         total /= run.world
     loss_ok = math.isfinite(total.item())
-    grads = [param.grad for param in params if param.grad is not None]
-    # fp16: the scaler skips. Else each gradient's max-norm (NaN and inf carry through) in one call, not one per tensor.
-    grads_ok = scaler.is_enabled() or not grads or torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()
+    grads_ok = scaler.is_enabled() or all_finite([param.grad for param in params])  # fp16: the scaler skips
     if not (loss_ok and grads_ok):
         raise FloatingPointError(f'non-finite {stage} {"gradient" if loss_ok else "loss"} (loss {total.item()}) at '
                                  f'iteration {run.it}, {run.nimg / 1000:.3f} kimg. The last good state is kept in '

@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -1227,6 +1228,17 @@ def test_train_nan_stops_and_keeps_last_state(tiny, tmp_path, monkeypatch, capsy
     assert 'resumed from' in capsys.readouterr().out
 
 
+def test_all_finite_sees_nan_and_inf_in_any_tensor():
+    """loss.all_finite, the gradient check of every step: one call over all tensors, against isfinite per tensor."""
+    tensors = [torch.zeros(3), None, torch.full((2, 2), 1e38), torch.arange(5.0)]
+    assert loss.all_finite(tensors) and loss.all_finite([]) and loss.all_finite([None])
+    for bad in (math.nan, math.inf, -math.inf):
+        for k in (0, 2, 3):
+            poisoned = [t.clone() if t is not None else None for t in tensors]
+            poisoned[k].view(-1)[-1] = bad
+            assert not loss.all_finite(poisoned), (bad, k)
+
+
 def test_train_nan_gradient_of_finite_loss_stops(tiny, tmp_path, monkeypatch, capsys):
     """A NaN gradient in one G tensor under a finite loss stops the run, as a NaN loss does."""
     real = freeze.freeze
@@ -1617,8 +1629,25 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 2000 kimg'  # disc.py --pretrain 2000
 
 
+def test_toy_presets_d_comes_from_its_command(tmp_path):
+    """assets/toy-disc.pt is `python disc.py --pretrain 2000 --data toy` (disc.py's docstring). The record of that run
+    (results/toy-study/dcls-pretrain.txt) gives every 10 kimg the classifier's losses and accuracies; the same
+    pretraining on a freshly written toy world repeats its first line (10 kimg, ~50 s here) up to round-off (a thread
+    count of one moved an accuracy by 0.001), so the asset's bytes (checked above) are tied to a command and a record."""
+    record = open(os.path.join(HERE, 'results/toy-study/dcls-pretrain.txt')).read().split(
+        '# python disc.py --pretrain 2000 --data toy')[1].splitlines()
+    assert [line for line in record if line.startswith('kimg ')][-1].startswith('kimg 2000.0: ')
+    lines = []
+    dataset = data.ImageDataset(data.make_toy(str(tmp_path / 'toy.zip')))  # what data.toy_path(16) writes
+    disc.pretrain(dataset, 10, colours=True, log=lambda line, **kw: lines.append(line))
+    numbers = lambda line: [float(v) for v in re.findall(r'\d+\.\d+', line.rsplit(' (', 1)[0])]
+    expected = numbers(next(line for line in record if line.startswith('kimg 10.0: ')))
+    assert len(lines) == 1 and len(expected) == 6  # kimg, train CE, held-out CE, three accuracies
+    assert numbers(lines[0]) == pytest.approx(expected, abs=0.0015), (lines[0], expected)
+
+
 def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):
-    """disc.pretrain (assets/toy-disc.pt is its output on the toy world at 1000 kimg): the trunk learns the images'
+    """disc.pretrain (assets/toy-disc.pt is its output on the toy world at 2000 kimg): the trunk learns the images'
     background colour far above chance (1 in 8); D keeps the output and label projection of the seeded fresh D it
     was built as; disc.py --pretrain saves a file that --dinit takes for the D train.py's flags build."""
     zip_path = data.make_toy(str(tmp_path / 'toy.zip'), n=320, resolution=16, seed=2)

@@ -303,6 +303,9 @@ probe b8-dcls2000 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000
 probe b8-dcls2000-f-lr5e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --freeze 1 --lr 5e-4
 # and at 3x the G lr, seed 1 (seed 0 is the table's 3x row), beside the test suite
 probe b8-dcls2000-f-lr3e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --freeze 1 --lr 3e-4
+# the preset's curve on to 200 kimg (2026-12-07, a session later, the same host): b8-dcls2000 resumed from its 40-kimg
+# states, both seeds at once (FID every 10 kimg as before)
+probe b8-dcls2000 0 200 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000 1 200 $f --dinit $out/dcls/disc-cls-2000.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -317,3 +320,4 @@ python toy_table.py --study $out --plot fid-curve-dcls --curves b8,b8-dcls500,b8
 python toy_table.py --study $out --plot fid-curve-dcls-200 --curves b8,b8-dcls500
 python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000
 python toy_table.py --study $out --plot fid-curve-dcls2000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000,b8-dcls2000 --upto 40
+python toy_table.py --study $out --plot fid-curve-dcls2000-200 --curves b8,b8-dcls500,b8-dcls1000,b8-dcls2000
