@@ -68,6 +68,20 @@ def timed(fn, reps=3):
     return (time.perf_counter() - t) / reps
 
 
+def paired(slow, fast, rounds=31):
+    """(median of slow's time over fast's, median seconds saved) over rounds that run the two back to back: noise on a
+    shared machine hits both alike."""
+    slow(), fast()  # warm-up
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        slow()
+        t1 = time.perf_counter()
+        fast()
+        times.append((t1 - t0, time.perf_counter() - t1))
+    return float(np.median([a / b for a, b in times])), float(np.median([a - b for a, b in times]))
+
+
 def loop_seconds_per_iter(root, teacher, ds, args, level, *extra):
     """(median seconds per iteration after two warm-up iterations, seconds of those two) of train.py's loop."""
     run = os.path.join(root, f'run-f{level}{"".join(extra)}')
@@ -191,15 +205,16 @@ def main():
         # The loop's per-tensor work on G's tensors, as loss.py and train.py do it (batched over all tensors in one
         # call) against one call per tensor: Adam's step, the EMA update, the gradients' finiteness check.
         G_copy, G_ema = copy.deepcopy(G), copy.deepcopy(G).requires_grad_(False)
-        params, ema_params = list(G_copy.parameters()), list(G_ema.parameters())
+        params = list(G_copy.parameters())
         for param in params:
             param.grad = torch.randn_like(param)
-        grads, ema_args = [param.grad for param in params], types.SimpleNamespace(ema=0.5, ema_rampup=0, batch=args.batch)
+        grads = [param.grad for param in params]
+        ema_args = types.SimpleNamespace(ema=0.5, ema_rampup=0, batch=args.batch)
         adam = {batched: torch.optim.Adam(params, lr=1e-9, betas=(0.0, 0.99), foreach=batched) for batched in (1, 0)}
-        per_tensor = dict(adam=timed(adam[0].step, 10), ema=timed(lambda: [e.lerp_(q, 0.01) for e, q in zip(ema_params, params)], 10),
-                          check=timed(lambda: all(bool(g.isfinite().all()) for g in grads), 10))
-        batched = dict(adam=timed(adam[1].step, 10), ema=timed(lambda: loss.ema_update(G_ema, G_copy, ema_args, 0), 10),
-                       check=timed(lambda: loss.all_finite(grads), 10))
+        batching = dict(adam=paired(adam[0].step, adam[1].step),
+                        ema=paired(lambda: [e.lerp_(q, 0.01) for e, q in zip(G_ema.parameters(), G_copy.parameters())],
+                                   lambda: loss.ema_update(G_ema, G_copy, ema_args, 0)),
+                        check=paired(lambda: all(bool(g.isfinite().all()) for g in grads), lambda: loss.all_finite(grads)))
 
         # The loop itself, D2O and D2O-F; optimizer state of G.
         it = {level: loop_seconds_per_iter(root, teacher, ds, args, level)[0] for level in (0, 1)}
@@ -224,9 +239,8 @@ def main():
         ('loop / model passes (overhead)', f'{it[0] / passes:.2f}'),
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
         ("G's Adam step / EMA update / gradient check, one call per tensor over batched",
-         ' / '.join(f'{per_tensor[k] / batched[k]:.2f}' for k in per_tensor)),
-        ('time that batching saves on G, share of a D2O iteration',
-         f'{(sum(per_tensor.values()) - sum(batched.values())) / it[0]:.1%}'),
+         ' / '.join(f'{ratio:.2f}' for ratio, _ in batching.values())),
+        ('time that batching saves on G, share of a D2O iteration', f'{sum(s for _, s in batching.values()) / it[0]:.1%}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
     if args.compile:
