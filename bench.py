@@ -210,8 +210,9 @@ def main():
             param.grad = torch.randn_like(param)
         grads = [param.grad for param in params]
         ema_args = types.SimpleNamespace(ema=0.5, ema_rampup=0, batch=args.batch)
-        adam = {batched: torch.optim.Adam(params, lr=1e-9, betas=(0.0, 0.99), foreach=batched) for batched in (1, 0)}
-        batching = dict(adam=paired(adam[0].step, adam[1].step),
+        adam = {batched: torch.optim.Adam(params, lr=1e-9, betas=(0.0, 0.99), foreach=batched)
+                for batched in (True, False)}
+        batching = dict(adam=paired(adam[False].step, adam[True].step),
                         ema=paired(lambda: [e.lerp_(q, 0.01) for e, q in zip(G_ema.parameters(), G_copy.parameters())],
                                    lambda: loss.ema_update(G_ema, G_copy, ema_args, 0)),
                         check=paired(lambda: all(bool(g.isfinite().all()) for g in grads), lambda: loss.all_finite(grads)))
@@ -240,7 +241,8 @@ def main():
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
         ("G's Adam step / EMA update / gradient check, one call per tensor over batched",
          ' / '.join(f'{ratio:.2f}' for ratio, _ in batching.values())),
-        ('time that batching saves on G, share of a D2O iteration', f'{sum(s for _, s in batching.values()) / it[0]:.1%}'),
+        ('time that batching saves on G, share of a D2O iteration',
+         f'{sum(saved for _, saved in batching.values()) / it[0]:.1%}'),
         ('D2O-F / D2O G optimizer memory', f'{mem[1] / mem[0]:.3f} ({mem[1] / 2 ** 20:.1f} vs {mem[0] / 2 ** 20:.1f} MiB)'),
     ]
     if args.compile:

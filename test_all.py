@@ -1627,13 +1627,18 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
     assert disc.start_from(D, 'auto', path) == (path, f', from {path}')
     assert not torch.equal(D.state_dict()['from_rgb.weight'], fresh['from_rgb.weight'])
     assert ckpt.load_verified(path)['meta']['pretrained'] == 'toy classifier, 2000 kimg'  # disc.py --pretrain 2000
+    # the bytes the README's SHA-256 names, and the toy study's 2000-kimg classifier (its b8-dcls2000 runs' --dinit)
+    digest = '53bae567b305e203dc15e010ebdbcd3e3e4905e48066f347f2ebdb4a44973d5e'
+    for file in (path, os.path.join(HERE, 'results/toy-study/dcls/disc-cls-2000.pt')):
+        assert hashlib.sha256(open(file, 'rb').read()).hexdigest() == digest, file
 
 
 def test_toy_presets_d_comes_from_its_command(tmp_path):
     """assets/toy-disc.pt is `python disc.py --pretrain 2000 --data toy` (disc.py's docstring). The record of that run
     (results/toy-study/dcls-pretrain.txt) gives every 10 kimg the classifier's losses and accuracies; the same
     pretraining on a freshly written toy world repeats its first line (10 kimg, ~50 s here) up to round-off (a thread
-    count of one moved an accuracy by 0.001), so the asset's bytes (checked above) are tied to a command and a record."""
+    count of one moved an accuracy by 0.001), so the asset's bytes (their SHA-256: the test above) are tied to a command
+    and a record."""
     record = open(os.path.join(HERE, 'results/toy-study/dcls-pretrain.txt')).read().split(
         '# python disc.py --pretrain 2000 --data toy')[1].splitlines()
     assert [line for line in record if line.startswith('kimg ')][-1].startswith('kimg 2000.0: ')
