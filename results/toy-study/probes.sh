@@ -306,6 +306,11 @@ probe b8-dcls2000-f-lr3e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --freeze 1
 # the preset's curve on to 200 kimg (2026-12-07, a session later, the same host): b8-dcls2000 resumed from its 40-kimg
 # states, both seeds at once (FID every 10 kimg as before)
 probe b8-dcls2000 0 200 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000 1 200 $f --dinit $out/dcls/disc-cls-2000.pt & wait
+# R1's weight with the 2000-kimg classifier D (2026-12-07, another host: an Intel Xeon, where the 1-kimg lr4x check
+# gives loss_G 0.7675175808724903): gamma 3, started with --kimg 20 and stopped at 10, both seeds behind both of the
+# preset's there; then gamma 0.3
+probe b8-dcls2000-r1g3 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 3 & probe b8-dcls2000-r1g3 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 3 & wait
+probe b8-dcls2000-r1g0.3 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 0.3 & probe b8-dcls2000-r1g0.3 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 0.3 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
