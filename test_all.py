@@ -1636,9 +1636,12 @@ def test_toy_presets_d_is_the_toy_presets_resnet_d():
 def test_toy_presets_d_comes_from_its_command(tmp_path):
     """assets/toy-disc.pt is `python disc.py --pretrain 2000 --data toy` (disc.py's docstring). The record of that run
     (results/toy-study/dcls-pretrain.txt) gives every 10 kimg the classifier's losses and accuracies; the same
-    pretraining on a freshly written toy world repeats its first line (10 kimg, ~50 s here) up to round-off (a thread
-    count of one moved an accuracy by 0.001), so the asset's bytes (their SHA-256: the test above) are tied to a command
-    and a record."""
+    pretraining on a freshly written toy world repeats its first line (10 kimg, ~50 s here) up to round-off, so the
+    asset's bytes (their SHA-256: the test above) are tied to a command and a record. Round-off over its 157 steps: on
+    the host of the record a thread count of one moved an accuracy by 0.001; on another (an Intel Xeon) the CEs moved
+    by 0.001 and 0.002 and an accuracy by 0.004 (8 of the 2,000 held-out images). Hence 0.005 on a CE and 0.01 on an
+    accuracy; Adam at beta2 0.999 instead of 0.99 moves the train CE by 0.007, and a missing colour head drops two
+    numbers."""
     record = open(os.path.join(HERE, 'results/toy-study/dcls-pretrain.txt')).read().split(
         '# python disc.py --pretrain 2000 --data toy')[1].splitlines()
     assert [line for line in record if line.startswith('kimg ')][-1].startswith('kimg 2000.0: ')
@@ -1648,7 +1651,10 @@ def test_toy_presets_d_comes_from_its_command(tmp_path):
     numbers = lambda line: [float(v) for v in re.findall(r'\d+\.\d+', line.rsplit(' (', 1)[0])]
     expected = numbers(next(line for line in record if line.startswith('kimg 10.0: ')))
     assert len(lines) == 1 and len(expected) == 6  # kimg, train CE, held-out CE, three accuracies
-    assert numbers(lines[0]) == pytest.approx(expected, abs=0.0015), (lines[0], expected)
+    tolerances = [0, 0.005, 0.005, 0.01, 0.01, 0.01]  # kimg, then the CEs' and the accuracies' round-off
+    assert len(numbers(lines[0])) == 6, (lines[0], expected)
+    for got, want, tolerance in zip(numbers(lines[0]), expected, tolerances):
+        assert abs(got - want) <= tolerance + 1e-9, (lines[0], expected)
 
 
 def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):
