@@ -313,6 +313,8 @@ probe b8-dcls2000-r1g3 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 3 &
 probe b8-dcls2000-r1g0.3 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 0.3 & probe b8-dcls2000-r1g0.3 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 0.3 & wait
 # batch 4 with that D (the same host), to 20 kimg
 probe b4-dcls2000 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --batch 4 & probe b4-dcls2000 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --batch 4 & wait
+# the preset's own command again on that host (b8-dcls2000's flags), to 20 kimg: the same-host reference of the three above
+probe b8-dcls2000-xeon 0 20 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000-xeon 1 20 $f --dinit $out/dcls/disc-cls-2000.pt & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
