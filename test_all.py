@@ -1651,10 +1651,9 @@ def test_toy_presets_d_comes_from_its_command(tmp_path):
     numbers = lambda line: [float(v) for v in re.findall(r'\d+\.\d+', line.rsplit(' (', 1)[0])]
     expected = numbers(next(line for line in record if line.startswith('kimg 10.0: ')))
     assert len(lines) == 1 and len(expected) == 6  # kimg, train CE, held-out CE, three accuracies
-    tolerances = [0, 0.005, 0.005, 0.01, 0.01, 0.01]  # kimg, then the CEs' and the accuracies' round-off
-    assert len(numbers(lines[0])) == 6, (lines[0], expected)
-    for got, want, tolerance in zip(numbers(lines[0]), expected, tolerances):
-        assert abs(got - want) <= tolerance + 1e-9, (lines[0], expected)
+    got, tolerances = numbers(lines[0]), [0, 0.005, 0.005, 0.01, 0.01, 0.01]  # kimg, CEs, accuracies: round-off
+    assert len(got) == 6, (lines[0], expected)
+    assert all(abs(g - e) <= t + 1e-9 for g, e, t in zip(got, expected, tolerances)), (lines[0], expected)
 
 
 def test_disc_pretrain_teaches_the_trunk_and_gives_d_back_its_fresh_output(tmp_path):
