@@ -209,6 +209,9 @@ def from_flags(args, kinds, preset, dataset, G, log=print, fresh=False):
     given (the projected D's: the preset's), written back into args; fresh (no state will be loaded): its weights
     from --dinit (start_from), written back as the file D started from or 'none'. -> (D, its description)"""
     args.disc = choose(args.disc, args.loss, kinds, preset.get('disc'), dataset.resolution, args.weights, log)
+    if args.disc == 'projected' and args.dlr_trunk != 1:
+        raise ValueError("--dlr-trunk: the projected D's trunk (its feature networks) is frozen; give --disc resnet, "
+                         'ratio or teacher, or leave --dlr-trunk at 1')
     recipe = RECIPES.get(args.disc, preset)
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
@@ -266,6 +269,15 @@ def start_from(D, dinit, preset_dinit='none'):
         return 'none', f', fresh ({path} is another kind or shape)'
     D.load_state_dict(saved.state_dict())
     return path, f', from {path}'
+
+
+def trunk_and_head(D):
+    """D's trainable parameters as (trunk, head) for train.py --dlr-trunk: the head is its output layer and label
+    projection, which every D starts fresh (--pretrain puts them back fresh); the trunk is the rest, what a pretrained
+    D brings (the projected D has none trainable: from_flags refuses it)."""
+    named = [(name.split('.')[0] in ('out', 'embed'), param) for name, param in D.named_parameters()
+             if param.requires_grad]
+    return [param for is_head, param in named if not is_head], [param for is_head, param in named if is_head]
 
 
 def pretrain(dataset, kimg, colours=False, width=64, depth=1, seed=0, batch=64, lr=1e-3, log=print):

@@ -99,8 +99,8 @@ def set_rates(run):
     lazy = args.r1_interval / (args.r1_interval + 1) if args.r1_gamma else 1.0
     for group in run.opt_G.param_groups:
         group['lr'] = args.lr * min(run.nimg / (args.lr_rampup * 1000), 1) if args.lr_rampup else args.lr
-    for group in run.opt_D.param_groups if run.opt_D else []:
-        group['lr'], group['betas'] = args.dlr * lazy, (0.0, 0.99 ** lazy)
+    for group, scale in zip(run.opt_D.param_groups, run.d_lr_scales) if run.opt_D else []:  # scale: --dlr-trunk
+        group['lr'], group['betas'] = args.dlr * lazy * scale, (0.0, 0.99 ** lazy)
 
 
 @torch.no_grad()

@@ -607,10 +607,11 @@ def test_disc_depth_adds_blocks_per_resolution():
 def test_disc_from_flags_fills_only_what_was_not_given():
     """train.py's D from its flags: each kind's own lr and R1 weight (the ResNet D 2e-3 and 1, the ratio D 2e-3 and
     0.1) fill --dlr and --r1-gamma only when they were not typed; --r1-gamma 0 (no R1) stays 0; the D built is the
-    named kind at --dwidth and --ddepth."""
+    named kind at --dwidth and --ddepth; --dlr-trunk with the projected D (no trainable trunk) stops before building
+    it, and the ResNet D's trunk is all but out and embed."""
     dataset = types.SimpleNamespace(resolution=16, num_channels=3, label_dim=4)
     flags = lambda **kw: argparse.Namespace(**dict(disc='resnet', loss='d2o', dlr=None, r1_gamma=None, weights=None,
-                                                   dwidth=8, ddepth=2, seed=0, dsigma=0.1) | kw)
+                                                   dwidth=8, ddepth=2, seed=0, dsigma=0.1, dlr_trunk=1.0) | kw)
     preset = dict(dlr=1e-4, r1_gamma=1e-4 / 64)  # a preset's values: the projected D's, never the ResNet D's
     cases = [(flags(), 'resnet', 2e-3, 1.0), (flags(r1_gamma=0.0), 'resnet', 2e-3, 0.0),
              (flags(dlr=5e-3, r1_gamma=0.3), 'resnet', 5e-3, 0.3),
@@ -622,6 +623,11 @@ def test_disc_from_flags_fills_only_what_was_not_given():
         assert type(D) is dict(resnet=disc.ResNetD, ratio=disc.RatioD)[kind] and len(D.blocks) == 4 and 'depth 2' in desc
     with pytest.raises(ValueError, match='--loss d2o takes --disc resnet or projected, not ratio'):
         disc.from_flags(flags(disc='ratio'), ['resnet', 'projected'], preset, dataset, G=None)
+    with pytest.raises(ValueError, match="--dlr-trunk: the projected D's trunk"):
+        disc.from_flags(flags(disc='projected', dlr_trunk=0.5), ['resnet', 'projected'], preset, dataset, G=None)
+    trunk, head = disc.trunk_and_head(D)
+    assert {id(p) for p in head} == {id(D.out.weight), id(D.out.bias), id(D.embed.weight)}
+    assert len(trunk) + len(head) == len(list(D.parameters())) and any(p is D.from_rgb.weight for p in trunk)
 
 
 def test_disc_teacher_d_is_the_encoder_at_its_noise_level(tiny, tmp_path):
@@ -911,17 +917,18 @@ def glob_states(run):
 
 
 def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, gan='ns',
-                  batch=8, seed=0):
+                  dlr_trunk=1.0, batch=8, seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
     D's lr and beta2 scaled by k = interval / (interval + 1); batch-mean losses; EMA with a half-life of ema kimg, at
     most ema_rampup x the images seen; gamma 0: no R1 steps and k = 1. gan 'rp': RpGAN (arXiv 2501.05441, Sec. 2),
     G's loss softplus(D(x) - D(G(z))) and D's softplus(D(fake) - D(x)) pairing the batch's i-th fake with its i-th
-    real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. Only the networks, the data
-    order and the per-iteration seed are shared with train.py."""
+    real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. dlr_trunk: D's layers but its
+    last (out) and its label projection (embed) at that x D's lr. Only the networks, the data order and the
+    per-iteration seed are shared with train.py."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
-                                                                  seed, gsigma)
+                                                                  seed, gsigma, dlr_trunk)
     logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
     losses, nimg = [], 0
     for it in range(iterations):
@@ -960,17 +967,22 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
 
 
-def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0):
+def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0):
     """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed, Adam
-    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1 (without R1, k = 1)."""
+    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1 (without R1, k = 1);
+    D's out and embed at that lr, the rest of D at dlr_trunk x it."""
     dataset = data.ImageDataset(tiny['data'])
     G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt'])), gsigma).requires_grad_(True)
     torch.manual_seed(seed)
     D = D_class(8, 3, 4, 8)
     k = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0
+    head = [D.out.weight, D.out.bias, D.embed.weight]
+    trunk = [param for param in D.parameters() if all(param is not h for h in head)]
+    assert len(trunk) + len(head) == len(list(D.parameters()))
     return (dataset, data.InfiniteSampler(len(dataset), seed), G, copy_module(G), D,
             torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8),
-            torch.optim.Adam(D.parameters(), lr=dlr * k, betas=(0.0, 0.99 ** k), eps=1e-8))
+            torch.optim.Adam([dict(params=trunk, lr=dlr * k * dlr_trunk), dict(params=head)], lr=dlr * k,
+                             betas=(0.0, 0.99 ** k), eps=1e-8))
 
 
 def reference_r1(D, opt_D, logit, real, weight, fakes=None):
@@ -1004,15 +1016,16 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-@pytest.mark.parametrize('r1_gamma, gsigma, gan', [(0.5, 80.0, 'ns'), (0, 2.5, 'ns'), (0.5, 80.0, 'rp')])
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan):
+@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk', [(0.5, 80.0, 'ns', 1.0), (0, 2.5, 'ns', 1.0),
+                                                               (0.5, 80.0, 'rp', 1.0), (0.5, 80.0, 'ns', 0.1)])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
     the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
     G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
-    beside R1."""
+    beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
-                 gsigma=gsigma, gan=gan)
+                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -1388,9 +1401,11 @@ def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
 
 
 def test_train_torchrun_rpgan_equals_one_process(tiny, tmp_path):
-    """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2: every rank exits 0, the ranks agree at each
-    snapshot, and the result equals one process on the same global batch (R2's z drawn for the global batch)."""
-    two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032')
+    """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2, with D's trunk at a tenth of its head's lr
+    (--dlr-trunk: two param groups): every rank exits 0, the ranks agree at each snapshot, and the result equals one
+    process on the same global batch (R2's z drawn for the global batch)."""
+    two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032',
+                                '--dlr-trunk', '0.1')
 
 
 def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):
@@ -1546,7 +1561,7 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
                              ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1'),
-                             ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns')):
+                             ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns'), ('--dlr-trunk', '0.1', '1.0')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message

@@ -79,6 +79,8 @@ flag('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (
 flag('--kimg', type=POSITIVE, default=None, help='length in thousands of images (raise to extend)')
 flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
 flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
+flag('--dlr-trunk', type=NONNEG, default=1.0, help="D's trunk (all but its output layer and label projection) at this "
+     "x --dlr: below 1 keeps more of a --dinit D's features")
 flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
@@ -108,7 +110,7 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
-         'dinit', 'dwidth', 'ddepth', 'dsigma', 'seed')
+         'dinit', 'dlr_trunk', 'dwidth', 'ddepth', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -167,8 +169,12 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
             sys.exit(f'error: {e}')
         run.D = D.to(device, memory_format=layout)
         run.d_params = [param for param in run.D.parameters() if param.requires_grad]  # projected D: heads only
+        groups, run.d_lr_scales = [run.d_params], [1.0]
+        if args.dlr_trunk != 1:  # the trunk's group, then the head's
+            groups, run.d_lr_scales = disc.trunk_and_head(run.D), [args.dlr_trunk, 1.0]
         # foreach: Adam over all tensors at once, as on CUDA by default; the same numbers as the per-tensor loop on CPU
-        run.opt_D = torch.optim.Adam(run.d_params, betas=(0.0, 0.99), eps=1e-8, foreach=True)  # lr, beta2: set_rates
+        run.opt_D = torch.optim.Adam([dict(params=group) for group in groups], betas=(0.0, 0.99), eps=1e-8,
+                                     foreach=True)  # lr, beta2: set_rates
         run.D_fast = torch.compile(run.D) if args.compile else run.D  # R1's double backward runs D eagerly
         run.D_ddp = ddp(loss.DObjective(run.D, run.D_fast))
     run.frozen, run.total = freeze.freeze(run.G, args.freeze, verbose=rank == 0)

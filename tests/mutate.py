@@ -142,6 +142,8 @@ MUTANTS = [
      "--dinit auto records the preset's D for a run whose D of another shape started fresh"),
     ('pretrain-keeps-head', 'disc.py', [('    D.out, D.embed = out, embed\n    return D, accuracy', '    return D, accuracy')],
      "disc.pretrain returns D with the classifier head in place of its output (and no label projection)"),
+    ('dlr-trunk-on-head', 'train.py', [('disc.trunk_and_head(run.D), [args.dlr_trunk, 1.0]', 'disc.trunk_and_head(run.D), [1.0, args.dlr_trunk]')],
+     "--dlr-trunk scales D's fresh head instead of its trunk"),
     ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
      "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
     ('pretrain-adam-beta2', 'disc.py', [('opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))', 'opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))')],
