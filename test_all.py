@@ -1404,8 +1404,9 @@ def test_train_torchrun_rpgan_equals_one_process(tiny, tmp_path):
     """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2, with D's trunk at a tenth of its head's lr
     (--dlr-trunk: two param groups): every rank exits 0, the ranks agree at each snapshot, and the result equals one
     process on the same global batch (R2's z drawn for the global batch)."""
-    two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1', '--kimg', '0.032',
-                                '--dlr-trunk', '0.1')
+    two, _ = two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1',
+                                         '--kimg', '0.032', '--dlr-trunk', '0.1')
+    assert 'its trunk at 0.1 x --dlr' in two.stdout
 
 
 def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):

@@ -172,6 +172,7 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
         groups, run.d_lr_scales = [run.d_params], [1.0]
         if args.dlr_trunk != 1:  # the trunk's group, then the head's
             groups, run.d_lr_scales = disc.trunk_and_head(run.D), [args.dlr_trunk, 1.0]
+            run.d_desc += f', its trunk at {args.dlr_trunk:g} x --dlr'
         # foreach: Adam over all tensors at once, as on CUDA by default; the same numbers as the per-tensor loop on CPU
         run.opt_D = torch.optim.Adam([dict(params=group) for group in groups], betas=(0.0, 0.99), eps=1e-8,
                                      foreach=True)  # lr, beta2: set_rates
