@@ -315,6 +315,12 @@ probe b8-dcls2000-r1g0.3 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --r1-gamma 0
 probe b4-dcls2000 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --batch 4 & probe b4-dcls2000 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --batch 4 & wait
 # the preset's own command again on that host (b8-dcls2000's flags), to 20 kimg: the same-host reference of the three above
 probe b8-dcls2000-xeon 0 20 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000-xeon 1 20 $f --dinit $out/dcls/disc-cls-2000.pt & wait
+# (2026-12-07, a session later, the same Intel host: its 1-kimg check repeats 0.7675175808724903) that reference
+# resumed on to 40 kimg, the same-host two-seed spread at the table's budget
+probe b8-dcls2000-xeon 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000-xeon 1 40 $f --dinit $out/dcls/disc-cls-2000.pt & wait
+# D's trunk (all but its output layer and label projection) at a tenth of D's lr (--dlr-trunk 0.1), its fresh head at
+# D's lr: does keeping more of the classifier's features go faster?
+probe b8-dcls2000-trunk0.1 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & probe b8-dcls2000-trunk0.1 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
