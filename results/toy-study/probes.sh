@@ -319,8 +319,11 @@ probe b8-dcls2000-xeon 0 20 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcl
 # resumed on to 40 kimg, the same-host two-seed spread at the table's budget
 probe b8-dcls2000-xeon 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcls2000-xeon 1 40 $f --dinit $out/dcls/disc-cls-2000.pt & wait
 # D's trunk (all but its output layer and label projection) at a tenth of D's lr (--dlr-trunk 0.1), its fresh head at
-# D's lr: does keeping more of the classifier's features go faster?
-probe b8-dcls2000-trunk0.1 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & probe b8-dcls2000-trunk0.1 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & wait
+# D's lr: does keeping more of the classifier's features go faster? (Started with --kimg 20, stopped at 10: 289 / 305,
+# G barely moved from the teacher's raw 310, against the preset's 115.7 / 128.3 there, so it reads 10.)
+probe b8-dcls2000-trunk0.1 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & probe b8-dcls2000-trunk0.1 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & wait
+# G's lr warmed up over the first 2 kimg (--lr-rampup 2): the fresh head on the classifier's trunk settles first
+probe b8-dcls2000-ru2 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & probe b8-dcls2000-ru2 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
