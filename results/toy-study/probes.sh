@@ -323,7 +323,11 @@ probe b8-dcls2000-xeon 0 40 $f --dinit $out/dcls/disc-cls-2000.pt & probe b8-dcl
 # G barely moved from the teacher's raw 310, against the preset's 115.7 / 128.3 there, so it reads 10.)
 probe b8-dcls2000-trunk0.1 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & probe b8-dcls2000-trunk0.1 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr-trunk 0.1 & wait
 # G's lr warmed up over the first 2 kimg (--lr-rampup 2): the fresh head on the classifier's trunk settles first
-probe b8-dcls2000-ru2 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & probe b8-dcls2000-ru2 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & wait
+# (started with --kimg 20, stopped at 10: level with the preset there, 119.9 / 126.1)
+probe b8-dcls2000-ru2 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & probe b8-dcls2000-ru2 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 & wait
+# D faster than the preset's: D's lr 2x, or two D steps per G step
+probe b8-dcls2000-dlr4e-3 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr 4e-3 & probe b8-dcls2000-dlr4e-3 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr 4e-3 & wait
+probe b8-dcls2000-ds2 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & probe b8-dcls2000-ds2 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
