@@ -1594,6 +1594,20 @@ def test_train_dinit_starts_d_from_a_saved_one(tiny, tmp_path, capsys):
     assert not (tmp_path / 'x').exists()
 
 
+def test_train_dlr_trunk_zero_keeps_the_trunk(tiny, tmp_path):
+    """--dlr-trunk 0 past D, G and R1 steps: D's trunk ends exactly as it started (its kimg-0 snapshot), its head
+    (out, embed) has moved, and G still trains."""
+    run = tmp_path / 'run'
+    state = run_train(tiny, run, '--kimg', '0.032', '--r1-interval', '2', '--dlr-trunk', '0')
+    start = disc.load_d(str(run / 'disc-snapshot-000000000.pt')).state_dict()
+    head = [k for k in start if k.split('.')[0] in ('out', 'embed')]
+    assert sorted(head) == ['embed.weight', 'out.bias', 'out.weight']
+    assert all(torch.equal(state['D'][k], v) for k, v in start.items() if k not in head)
+    assert all(not torch.equal(state['D'][k], start[k]) for k in head)
+    teacher = unet.generator_net(ckpt.load_edm(tiny['ckpt'])).state_dict()
+    assert set(state['G']) == set(teacher) and any(not torch.equal(v, teacher[k]) for k, v in state['G'].items())
+
+
 def test_train_dinit_auto_takes_the_presets_d_where_it_fits(tiny, tmp_path, monkeypatch, capsys):
     """--dinit auto (the default): the preset's trained D where the flags build its kind and shape, else a fresh D,
     saying so; none: fresh where it fits; the choice is written back (options, state) and a run from before the flag
