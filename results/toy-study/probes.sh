@@ -328,6 +328,8 @@ probe b8-dcls2000-ru2 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr-rampup 2 &
 # D faster than the preset's: D's lr 2x, or two D steps per G step
 probe b8-dcls2000-dlr4e-3 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr 4e-3 & probe b8-dcls2000-dlr4e-3 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr 4e-3 & wait
 probe b8-dcls2000-ds2 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & probe b8-dcls2000-ds2 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & wait
+# two D steps ahead at 10 kimg at both seeds: on to 40 kimg (resumed)
+probe b8-dcls2000-ds2 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & probe b8-dcls2000-ds2 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
