@@ -95,10 +95,13 @@ def minibatch_std(x, group=4):
 
 
 class ResNetD(torch.nn.Module):
-    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, depth=1):
+    """patch=1 adds a logit per position after each halving of the resolution (8x8 and 4x4 at 16 px), beside the
+    image's logit, as the projected D's heads judge each position of four feature scales (arXiv 2111.01007)."""
+    def __init__(self, resolution, channels=3, label_dim=0, width=64, max_width=512, cmap_dim=128, depth=1, patch=0):
         super().__init__()
         self.init_kwargs = dict(resolution=resolution, channels=channels, label_dim=label_dim, width=width,
                                 max_width=max_width, cmap_dim=cmap_dim, depth=depth)
+        self.init_kwargs |= dict(patch=patch) if patch else {}  # files from before patch heads load as they were
         self.resolution, self.label_dim = resolution, label_dim
         plan, c = block_plan(resolution, width, max_width, depth)
         self.from_rgb = EqConv(channels, min(width, max_width), 1)
@@ -107,16 +110,20 @@ class ResNetD(torch.nn.Module):
         self.fc = EqLinear(c * 16, c)
         self.out = EqLinear(c, cmap_dim if label_dim else 1)
         self.embed = EqLinear(label_dim, cmap_dim, bias=False) if label_dim else None  # projection conditioning
+        self.patch_out = torch.nn.ModuleList([EqConv(cout, cmap_dim if label_dim else 1, 1)
+                                              for _, cout, down in plan if down and patch])  # created last: seeds keep D
 
     def forward(self, x, c=None):
-        x = lrelu(self.from_rgb(x))
+        cmap = self.embed(c) if self.embed is not None else None
+        project = lambda y: y if cmap is None else \
+            (y * cmap.reshape(*cmap.shape, *[1] * (y.ndim - 2))).sum(dim=1, keepdim=True) / math.sqrt(y.shape[1])
+        x, patches = lrelu(self.from_rgb(x)), []
         for block in self.blocks:
             x = block(x)
+            if block.down and self.patch_out:
+                patches.append(project(self.patch_out[len(patches)](x)).flatten(1))  # [N, positions]
         x = lrelu(self.conv(minibatch_std(x)))
-        x = self.out(lrelu(self.fc(x.flatten(1))))
-        if self.embed is not None:
-            x = (x * self.embed(c)).sum(dim=1, keepdim=True) / math.sqrt(x.shape[1])
-        return [x]
+        return [project(self.out(lrelu(self.fc(x.flatten(1)))))] + patches
 
 
 class RatioD(torch.nn.Module):
@@ -209,6 +216,9 @@ def from_flags(args, kinds, preset, dataset, G, log=print, fresh=False):
     given (the projected D's: the preset's), written back into args; fresh (no state will be loaded): its weights
     from --dinit (start_from), written back as the file D started from or 'none'. -> (D, its description)"""
     args.disc = choose(args.disc, args.loss, kinds, preset.get('disc'), dataset.resolution, args.weights, log)
+    if args.dpatch and args.disc != 'resnet':
+        raise ValueError(f'--dpatch: patch heads are the ResNet D\'s; --disc {args.disc} has its own heads (give '
+                         '--disc resnet, or leave --dpatch at 0)')
     if args.disc == 'projected' and args.dlr_trunk != 1:
         raise ValueError("--dlr-trunk: the projected D's trunk (its feature networks) is frozen; give --disc resnet, "
                          'ratio or teacher, or leave --dlr-trunk at 1')
@@ -216,14 +226,14 @@ def from_flags(args, kinds, preset, dataset, G, log=print, fresh=False):
     args.dlr = args.dlr or recipe['dlr']
     args.r1_gamma = recipe['r1_gamma'] if args.r1_gamma is None else args.r1_gamma
     D, desc = build(args.disc, dataset.resolution, dataset.num_channels, dataset.label_dim, args.dwidth, args.weights,
-                    args.seed, G, args.dsigma, args.ddepth)
+                    args.seed, G, args.dsigma, args.ddepth, args.dpatch)
     note = ''
     if fresh:
         args.dinit, note = start_from(D, args.dinit, preset.get('dinit', 'none'))
     return D, desc + note
 
 
-def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1, depth=1):
+def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0, G=None, sigma=0.1, depth=1, patch=0):
     """train.py's D by its --disc name (projected, resnet, ratio, or teacher: on G's network), seeded, and a
     description of it."""
     torch.manual_seed(seed)
@@ -232,8 +242,10 @@ def build(kind, resolution, channels, label_dim, width=64, weights=None, seed=0,
         return ProjectedD(pair, label_dim, weights, seed), f'ProjectedD on {" + ".join(pair)}'
     if kind == 'teacher':
         return TeacherD.from_generator(G, sigma), f"TeacherD (G's starting encoder, trainable) at sigma {sigma:g}"
-    D = dict(resnet=ResNetD, ratio=RatioD)[kind](resolution, channels, label_dim, width, depth=depth)
-    return D, f'{type(D).__name__} width {width} depth {depth}' + (' (noise-conditioned)' if kind == 'ratio' else '')
+    D = ResNetD(resolution, channels, label_dim, width, depth=depth, patch=patch) if kind == 'resnet' else \
+        RatioD(resolution, channels, label_dim, width, depth=depth)
+    return D, f'{type(D).__name__} width {width} depth {depth}' + (' (noise-conditioned)' if kind == 'ratio' else '') + \
+        (', patch heads' if patch else '')
 
 
 def load_d(path):
@@ -261,21 +273,24 @@ def start_from(D, dinit, preset_dinit='none'):
         saved = load_d(path)
     except (ValueError, ckpt.UnsafePickleError) as e:
         raise ValueError(f'--dinit {e}') from None
-    fits = type(saved) is type(D) and saved.init_kwargs == D.init_kwargs
+    # a D without patch heads starts a D with them: the heads start fresh, as its output layer did after --pretrain
+    trunk = lambda d: {k: v for k, v in d.init_kwargs.items() if k != 'patch'}
+    patch = lambda d: d.init_kwargs.get('patch', 0)
+    fits = type(saved) is type(D) and trunk(saved) == trunk(D) and patch(saved) in (0, patch(D))
     if dinit != 'auto' and not fits:
         raise ValueError(f'--dinit {path}: a {type(saved).__name__} {saved.init_kwargs}, not the {type(D).__name__} '
-                         f'{D.init_kwargs} of these flags (--disc, --dwidth, --ddepth, the dataset)')
+                         f'{D.init_kwargs} of these flags (--disc, --dwidth, --ddepth, --dpatch, the dataset)')
     if not fits:  # auto, where the preset's D is of another kind or shape
         return 'none', f', fresh ({path} is another kind or shape)'
-    D.load_state_dict(saved.state_dict())
-    return path, f', from {path}'
+    fresh = D.load_state_dict(saved.state_dict(), strict=False).missing_keys  # the patch heads only: fits
+    return path, f', from {path}' + (' (its patch heads fresh)' if fresh else '')
 
 
 def trunk_and_head(D):
-    """D's trainable parameters as (trunk, head) for train.py --dlr-trunk: the head is its output layer and label
+    """D's trainable parameters as (trunk, head) for train.py --dlr-trunk: the head is its output layers and label
     projection, which every D starts fresh (--pretrain puts them back fresh); the trunk is the rest, what a pretrained
     D brings (the projected D has none trainable: from_flags refuses it)."""
-    named = [(name.split('.')[0] in ('out', 'embed'), param) for name, param in D.named_parameters()
+    named = [(name.split('.')[0] in ('out', 'embed', 'patch_out'), param) for name, param in D.named_parameters()
              if param.requires_grad]
     return [param for is_head, param in named if not is_head], [param for is_head, param in named if is_head]
 

@@ -428,6 +428,35 @@ def test_disc_interface_and_conditioning():
     assert disc.ResNetD(32, 3, 0, width=8)(torch.randn(2, 3, 32, 32))[0].shape == (2, 1)
 
 
+def test_disc_patch_heads_judge_each_position():
+    """--dpatch 1: beside its image logit the ResNet D gives a logit per position after each halving of the resolution
+    (16 px: 8x8 and 4x4), a 1x1 conv of that block's output projected onto the label embedding, written out here;
+    the image logit is the plain D's of the same seed (the heads are built last); a patch logit sees its own image
+    only (no minibatch-std before it), depends on the label, and moves only the blocks below it and its own head."""
+    torch.manual_seed(0)
+    plain = disc.ResNetD(16, 3, 4, 8)
+    torch.manual_seed(0)
+    D = disc.ResNetD(16, 3, 4, 8, patch=1)
+    x, c = torch.randn(8, 3, 16, 16), torch.eye(4)[torch.arange(8) % 4]
+    out = D(x, c)
+    assert [tuple(l.shape) for l in out] == [(8, 1), (8, 64), (8, 16)] and D.init_kwargs['patch'] == 1
+    assert torch.equal(out[0], plain(x, c)[0]) and 'patch' not in plain.init_kwargs
+    features, cmap = disc.lrelu(D.from_rgb(x)), c @ D.embed.weight.T / 2  # EqLinear: 1 / sqrt(4 labels)
+    for k, block in enumerate(D.blocks):
+        features = block(features)
+        head = D.patch_out[k]
+        y = torch.einsum('nchw,kc->nkhw', features, head.weight[:, :, 0, 0]) / math.sqrt(features.shape[1])
+        by_hand = torch.einsum('nkhw,nk->nhw', y + head.bias[:, None, None], cmap) / math.sqrt(128)
+        torch.testing.assert_close(out[k + 1], by_hand.flatten(1))
+    torch.testing.assert_close(D(x[:1], c[:1])[1], out[1][:1])
+    assert not torch.allclose(D(x, torch.eye(4)[torch.zeros(8, dtype=torch.long)])[1], out[1])  # labels matter
+    assert [tuple(l.shape) for l in disc.ResNetD(16, 3, 0, 8, patch=1)(x)] == [(8, 1), (8, 64), (8, 16)]
+    out[1].sum().backward()
+    moved = lambda module: any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert moved(D.patch_out[0]) and moved(D.blocks[0]) and moved(D.from_rgb) and moved(D.embed)
+    assert not any(moved(m) for m in (D.patch_out[1], D.blocks[1], D.conv, D.fc, D.out))
+
+
 @functools.lru_cache(maxsize=None)
 def backbone_spec():
     """The fixture backbones' key lists (../shared/fixtures/backbones/backbones.json), read on first use."""
@@ -611,7 +640,8 @@ def test_disc_from_flags_fills_only_what_was_not_given():
     it, and a D's trunk (the last one built, the ratio D's) is all but its out and embed."""
     dataset = types.SimpleNamespace(resolution=16, num_channels=3, label_dim=4)
     flags = lambda **kw: argparse.Namespace(**dict(disc='resnet', loss='d2o', dlr=None, r1_gamma=None, weights=None,
-                                                   dwidth=8, ddepth=2, seed=0, dsigma=0.1, dlr_trunk=1.0) | kw)
+                                                   dwidth=8, ddepth=2, seed=0, dsigma=0.1, dlr_trunk=1.0, dpatch=0)
+                                              | kw)
     preset = dict(dlr=1e-4, r1_gamma=1e-4 / 64)  # a preset's values: the projected D's, never the ResNet D's
     cases = [(flags(), 'resnet', 2e-3, 1.0), (flags(r1_gamma=0.0), 'resnet', 2e-3, 0.0),
              (flags(dlr=5e-3, r1_gamma=0.3), 'resnet', 5e-3, 0.3),
@@ -625,9 +655,16 @@ def test_disc_from_flags_fills_only_what_was_not_given():
         disc.from_flags(flags(disc='ratio'), ['resnet', 'projected'], preset, dataset, G=None)
     with pytest.raises(ValueError, match="--dlr-trunk: the projected D's trunk"):
         disc.from_flags(flags(disc='projected', dlr_trunk=0.5), ['resnet', 'projected'], preset, dataset, G=None)
+    for kind, kinds in (('ratio', ['ratio']), ('teacher', ['resnet', 'projected', 'teacher'])):
+        with pytest.raises(ValueError, match=f"--dpatch: patch heads are the ResNet D's; --disc {kind} has its own"):
+            disc.from_flags(flags(disc=kind, dpatch=1), kinds, preset, dataset, G=None)
     trunk, head = disc.trunk_and_head(D)
     assert {id(p) for p in head} == {id(D.out.weight), id(D.out.bias), id(D.embed.weight)}
     assert len(trunk) + len(head) == len(list(D.parameters())) and any(p is D.from_rgb.weight for p in trunk)
+    D, desc = disc.from_flags(flags(dpatch=1), ['resnet', 'projected'], preset, dataset, G=None, log=lambda *a: None)
+    trunk, head = disc.trunk_and_head(D)
+    assert len(D.patch_out) == 2 and desc.endswith('patch heads') and len(trunk) + len(head) == len(list(D.parameters()))
+    assert {id(p) for p in D.patch_out.parameters()} < {id(p) for p in head}
 
 
 def test_disc_teacher_d_is_the_encoder_at_its_noise_level(tiny, tmp_path):
@@ -917,7 +954,7 @@ def glob_states(run):
 
 
 def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, gan='ns',
-                  dlr_trunk=1.0, batch=8, seed=0):
+                  dlr_trunk=1.0, dpatch=0, batch=8, seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
@@ -925,11 +962,15 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     most ema_rampup x the images seen; gamma 0: no R1 steps and k = 1. gan 'rp': RpGAN (arXiv 2501.05441, Sec. 2),
     G's loss softplus(D(x) - D(G(z))) and D's softplus(D(fake) - D(x)) pairing the batch's i-th fake with its i-th
     real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. dlr_trunk: D's layers but its
-    last (out) and its label projection (embed) at that x D's lr. Only the networks, the data order and the
+    last (out) and its label projection (embed) at that x D's lr. dpatch: D gives a logit per image and one per
+    position of its 4x4 features (the patch head); each loss is the sum over the two of its mean over the batch and
+    the positions, and R1 the gradient of the sum of all logits. Only the networks, the data order and the
     per-iteration seed are shared with train.py."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
-                                                                  seed, gsigma, dlr_trunk)
-    logits = lambda images, c: D(images, c)[0].flatten()  # one logit per image
+                                                                  seed, gsigma, dlr_trunk, dpatch)
+    softplus = torch.nn.functional.softplus
+    logits = lambda images, c: D(images, c)  # [N, 1] (the image), then with dpatch [N, 16] (the patch head)
+    assert [l.shape[1] for l in logits(torch.zeros(2, 3, 8, 8), torch.eye(4)[:2])] == ([1, 16] if dpatch else [1])
     losses, nimg = [], 0
     for it in range(iterations):
         torch.manual_seed(int(np.random.SeedSequence([seed, it]).generate_state(1)[0]))
@@ -939,8 +980,8 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         for group in opt_G.param_groups:
             group['lr'] = lr * min(nimg / (lr_rampup * 1000), 1.0)
         D.requires_grad_(False)
-        anchor = logits(x, c).detach() if gan == 'rp' else 0  # the paired real's logit, a constant for G
-        loss_G = torch.nn.functional.softplus(anchor - logits(G(z_g, c), c)).mean()
+        anchors = [l.detach() if gan == 'rp' else 0 for l in logits(x, c)]  # the paired real's logit, for G a constant
+        loss_G = sum(softplus(anchor - l).mean() for anchor, l in zip(anchors, logits(G(z_g, c), c)))
         opt_G.zero_grad()
         loss_G.backward()
         opt_G.step()
@@ -948,9 +989,9 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         with torch.no_grad():
             fake = G(z_d, c)
         if gan == 'rp':
-            loss_D = torch.nn.functional.softplus(logits(fake, c) - logits(x, c)).mean()
+            loss_D = sum(softplus(f - r).mean() for f, r in zip(logits(fake, c), logits(x, c)))
         else:
-            loss_D = (torch.nn.functional.softplus(logits(fake, c)) + torch.nn.functional.softplus(-logits(x, c))).mean()
+            loss_D = sum(softplus(f).mean() + softplus(-r).mean() for f, r in zip(logits(fake, c), logits(x, c)))
         opt_D.zero_grad()
         loss_D.backward()
         opt_D.step()
@@ -960,23 +1001,25 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
             if gan == 'rp':
                 with torch.no_grad():
                     fakes = G(torch.randn(x.shape), c)
-            line['loss_R1'] = reference_r1(D, opt_D, lambda real: logits(real, c), x, r1_interval * r1_gamma / 2, fakes)
+            line['loss_R1'] = reference_r1(D, opt_D, lambda real: sum(l.sum() for l in logits(real, c)), x,
+                                           r1_interval * r1_gamma / 2, fakes)
         reference_ema(G_ema, G, ema, ema_rampup, nimg, batch)
         nimg += batch
         losses.append(line)
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
 
 
-def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0):
-    """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed, Adam
-    (0, 0.99) for G and D's lr and beta2 scaled by k = interval / (interval + 1) for lazy R1 (without R1, k = 1);
-    D's out and embed at that lr, the rest of D at dlr_trunk x it."""
+def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0, dpatch=0):
+    """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed (with
+    dpatch, the ResNet D with patch heads), Adam (0, 0.99) for G and D's lr and beta2 scaled by k = interval /
+    (interval + 1) for lazy R1 (without R1, k = 1); D's out, embed and patch heads at that lr, the rest of D at
+    dlr_trunk x it."""
     dataset = data.ImageDataset(tiny['data'])
     G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt'])), gsigma).requires_grad_(True)
     torch.manual_seed(seed)
-    D = D_class(8, 3, 4, 8)
+    D = D_class(8, 3, 4, 8, patch=1) if dpatch else D_class(8, 3, 4, 8)
     k = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0
-    head = [D.out.weight, D.out.bias, D.embed.weight]
+    head = [D.out.weight, D.out.bias, D.embed.weight] + ([D.patch_out[0].weight, D.patch_out[0].bias] if dpatch else [])
     trunk = [param for param in D.parameters() if all(param is not h for h in head)]
     assert len(trunk) + len(head) == len(list(D.parameters()))
     return (dataset, data.InfiniteSampler(len(dataset), seed), G, copy_module(G), D,
@@ -1016,16 +1059,18 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk', [(0.5, 80.0, 'ns', 1.0), (0, 2.5, 'ns', 1.0),
-                                                               (0.5, 80.0, 'rp', 1.0), (0.5, 80.0, 'ns', 0.1)])
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk):
+@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk, dpatch', [
+    (0.5, 80.0, 'ns', 1.0, 0), (0, 2.5, 'ns', 1.0, 0), (0.5, 80.0, 'rp', 1.0, 0), (0.5, 80.0, 'ns', 0.1, 0),
+    (0.5, 80.0, 'ns', 0.3, 1)])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk, dpatch):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
     the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
     G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
-    beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps."""
+    beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps; with --dpatch 1
+    D's patch head beside its image logit, in every loss and in R1 (and in the head's lr group)."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
-                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk)
+                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -1402,11 +1447,11 @@ def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
 
 def test_train_torchrun_rpgan_equals_one_process(tiny, tmp_path):
     """--gan rp on 2 ranks (gloo), past a lazy step with R1 and R2, with D's trunk at a tenth of its head's lr
-    (--dlr-trunk: two param groups): every rank exits 0, the ranks agree at each snapshot, and the result equals one
-    process on the same global batch (R2's z drawn for the global batch)."""
+    (--dlr-trunk: two param groups) and patch heads (--dpatch 1): every rank exits 0, the ranks agree at each
+    snapshot, and the result equals one process on the same global batch (R2's z drawn for the global batch)."""
     two, _ = two_ranks_equal_one_process(tiny, tmp_path, '--gan', 'rp', '--r1-interval', '2', '--r1-gamma', '0.1',
-                                         '--kimg', '0.032', '--dlr-trunk', '0.1')
-    assert 'its trunk at 0.1 x --dlr' in two.stdout
+                                         '--kimg', '0.032', '--dlr-trunk', '0.1', '--dpatch', '1')
+    assert 'patch heads, its trunk at 0.1 x --dlr' in two.stdout
 
 
 def test_train_torchrun_teacher_disc_with_freezing_equals_one_process(tiny, tmp_path):
@@ -1562,7 +1607,8 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     base = ['--data', tiny['data'], '--batch', '8', '--dwidth', '8', '--fid-num', '0', '--rundir', str(run)]
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
                              ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1'),
-                             ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns'), ('--dlr-trunk', '0.1', '1.0')):
+                             ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns'), ('--dlr-trunk', '0.1', '1.0'),
+                             ('--dpatch', '1', '0')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
@@ -1592,6 +1638,18 @@ def test_train_dinit_starts_d_from_a_saved_one(tiny, tmp_path, capsys):
     assert 'no such file' in train_error(*base, '--dwidth', '8', '--dinit', str(tmp_path / 'missing.pt'))
     assert '--loss edm trains none' in train_error(*base, '--loss', 'edm', '--dinit', saved)
     assert not (tmp_path / 'x').exists()
+    # --dpatch 1 from the saved plain D: its trunk, image logit and label projection as saved, its patch heads those
+    # of its seed; a D with patch heads does not start a plain one (its heads would be lost)
+    run_train(tiny, tmp_path / 'patch', '--kimg', '0.008', '--dpatch', '1', '--dinit', saved)
+    assert f'patch heads, from {saved} (its patch heads fresh)' in capsys.readouterr().out
+    start = disc.load_d(str(tmp_path / 'patch' / 'disc-snapshot-000000000.pt')).state_dict()
+    kwargs = dict(disc.load_d(saved).init_kwargs, patch=1)  # load_d draws from the RNG: before the seed
+    torch.manual_seed(0)
+    seeds = disc.ResNetD(**kwargs).state_dict()
+    assert set(start) == set(trained) | {k for k in seeds if k.startswith('patch_out.')} and len(start) > len(trained)
+    assert [k for k in start if not torch.equal(start[k], trained[k] if k in trained else seeds[k])] == []
+    patched = str(tmp_path / 'patch' / 'disc-snapshot-000000008.pt')
+    assert "not the ResNetD" in train_error(*base, '--dwidth', '8', '--dinit', patched)
 
 
 def test_train_dlr_trunk_zero_keeps_the_trunk(tiny, tmp_path):

@@ -96,6 +96,7 @@ flag('--weights', type=ckpt.weights_flag, default=None, help='folders or files o
      'weights, comma-separated (also $D2O_WEIGHTS)')
 flag('--dwidth', type=POSITIVE_INT, default=None, help='ResNet / ratio D channels at full resolution')
 flag('--ddepth', type=POSITIVE_INT, default=1, help='ResNet / ratio D residual blocks per resolution')
+flag('--dpatch', type=int, default=0, choices=[0, 1], help='ResNet D: also a logit per position at each lower resolution')
 flag('--precision', default=None, choices=['bf16', 'fp16', 'fp32'], help='G and D compute (default GPU bf16, CPU fp32)')
 flag('--compile', action='store_true', help="torch.compile G's and D's forward (not R1's)")
 flag('--seed', type=NONNEG_INT, default=0, help='seed for initialisation, data order and noise')
@@ -110,7 +111,7 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
-         'dinit', 'dlr_trunk', 'dwidth', 'ddepth', 'dsigma', 'seed')
+         'dinit', 'dlr_trunk', 'dwidth', 'ddepth', 'dpatch', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
