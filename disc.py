@@ -8,8 +8,9 @@ of logit tensors, each [N, P] (P positions; the GAN losses average over position
 
 ResNetD needs no pretrained weights: a StyleGAN2-style residual CNN at the data's native resolution (equalized
 learning rate, leaky ReLU, minibatch-std, projection conditioning on class labels), randomly initialised as in
-the seed papers' ablations. Its width is a flag. --pretrain first trains its trunk as a classifier of a dataset's
-labels (toy world: and colours), for train.py --dinit: the toy preset's D starts so (pretrain below).
+the seed papers' ablations. Its width is a flag, and patch heads (train.py --dpatch) judge each position as the
+projected D's heads do. --pretrain first trains its trunk as a classifier of a dataset's labels (toy world: and
+colours), for train.py --dinit: the toy preset's D starts so (pretrain below).
 
 ProjectedD is the official D2O discriminator (Projected GAN / StyleGAN-XL; the official D2O code's
 training/discriminator.py and pg_modules/): frozen ImageNet feature
