@@ -330,6 +330,13 @@ probe b8-dcls2000-dlr4e-3 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --dlr 4e-3 
 probe b8-dcls2000-ds2 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & probe b8-dcls2000-ds2 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & wait
 # two D steps ahead at 10 kimg at both seeds: on to 40 kimg (resumed)
 probe b8-dcls2000-ds2 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & probe b8-dcls2000-ds2 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-steps 2 & wait
+# (2026-12-07, a session later, the same Intel host: the 1-kimg check repeats 0.7675175808724903) G's lr halved with
+# the classifier D (--lr 5e-5; G's lr 2x and D's lr 1/2 and 2x were run before)
+probe b8-dcls2000-lr5e-5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --lr 5e-5 & probe b8-dcls2000-lr5e-5 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --lr 5e-5 & wait
+# patch heads on the classifier's trunk (--dpatch 1: a logit per position at 8x8 and 4x4 beside the image's, as the
+# projected D's heads), R1 at 0.1: its penalty sums the 81 logits' gradients (at 1 kimg, 21 at 0.1 against the
+# preset's 27 at 1; at 1 it was 811 by iteration 16)
+probe b8-dcls2000-patch 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & probe b8-dcls2000-patch 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
