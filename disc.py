@@ -218,8 +218,8 @@ def from_flags(args, kinds, preset, dataset, G, log=print, fresh=False):
     from --dinit (start_from), written back as the file D started from or 'none'. -> (D, its description)"""
     args.disc = choose(args.disc, args.loss, kinds, preset.get('disc'), dataset.resolution, args.weights, log)
     if args.dpatch and args.disc != 'resnet':
-        raise ValueError(f'--dpatch: patch heads are the ResNet D\'s; --disc {args.disc} has its own heads (give '
-                         '--disc resnet, or leave --dpatch at 0)')
+        raise ValueError(f"--dpatch: patch heads are the ResNet D's, not --disc {args.disc}'s (give --disc resnet, or "
+                         'leave --dpatch at 0)')
     if args.disc == 'projected' and args.dlr_trunk != 1:
         raise ValueError("--dlr-trunk: the projected D's trunk (its feature networks) is frozen; give --disc resnet, "
                          'ratio or teacher, or leave --dlr-trunk at 1')

@@ -656,7 +656,7 @@ def test_disc_from_flags_fills_only_what_was_not_given():
     with pytest.raises(ValueError, match="--dlr-trunk: the projected D's trunk"):
         disc.from_flags(flags(disc='projected', dlr_trunk=0.5), ['resnet', 'projected'], preset, dataset, G=None)
     for kind, kinds in (('ratio', ['ratio']), ('teacher', ['resnet', 'projected', 'teacher'])):
-        with pytest.raises(ValueError, match=f"--dpatch: patch heads are the ResNet D's; --disc {kind} has its own"):
+        with pytest.raises(ValueError, match=f"--dpatch: patch heads are the ResNet D's, not --disc {kind}'s"):
             disc.from_flags(flags(disc=kind, dpatch=1), kinds, preset, dataset, G=None)
     trunk, head = disc.trunk_and_head(D)
     assert {id(p) for p in head} == {id(D.out.weight), id(D.out.bias), id(D.embed.weight)}
