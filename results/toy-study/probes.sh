@@ -353,3 +353,4 @@ python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b
 python toy_table.py --study $out --plot fid-curve-dcls2000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000,b8-dcls2000 --upto 40
 python toy_table.py --study $out --plot fid-curve-dcls2000-200 --curves b8,b8-dcls500,b8-dcls1000,b8-dcls2000
 python toy_table.py --study $out --plot fid-curve-ds2-xeon --curves b8-dcls2000-xeon,b8-dcls2000-ds2 --upto 40
+python toy_table.py --study $out --plot fid-curve-patch-xeon --curves b8-dcls2000-xeon,b8-dcls2000-patch,b8-dcls2000-lr5e-5 --upto 40
