@@ -131,7 +131,8 @@ class BestOfN:
     ours): per seed, N candidates with the seed's class (candidate 0 is the seed's own sample, candidate k that of
     derived_seed(seed, k)), each scored by a trained D's logit, an estimate of log p_data(x) / p_G(x); the highest is
     kept. A noise-conditioned ratio D scores the mean logit over SIGMAS, one noise draw per seed shared by its
-    candidates; the ResNet D scores the clean image, the N candidates of a seed as one batch (its minibatch-std)."""
+    candidates; the ResNet D scores the clean image, the N candidates of a seed as one batch (its minibatch-std), by
+    its image logit plus, with patch heads, each head's mean over positions (what its GAN loss reads)."""
     SIGMAS = (0.05, 0.2, 0.5)
 
     def __init__(self, sampler, D, n):
@@ -153,7 +154,7 @@ class BestOfN:
         """The N candidates of one seed -> N scores."""
         label = label.expand(len(images), -1) if label is not None else None
         if not isinstance(self.D, disc.RatioD):  # the ResNet D: the clean images
-            return self.D(images, label)[0].flatten()
+            return sum(logits.flatten(1).mean(1) for logits in self.D(images, label))
         generator = torch.Generator(images.device).manual_seed(derived_seed(seed, 0))  # k = 0: no candidate's seed
         noise = torch.randn([len(self.SIGMAS), *images.shape[1:]], generator=generator, device=images.device)
         sigma = lambda value: torch.full([len(images)], value, device=images.device)

@@ -1921,8 +1921,8 @@ def test_sample_seed_independent_of_batch(edm_fixture):
 def test_sample_best_of_n_keeps_the_highest_ratio(tiny, tmp_path):
     """Best-of-N: N = 1 is plain sampling; the images do not depend on how seeds are batched; each kept image is the
     candidate (seed's own sample, or that of derived_seed(seed, k) with the seed's class) with the highest mean ratio
-    logit over BestOfN.SIGMAS, recomputed here seed by seed; the ResNet D scores clean images. Without a saved D the
-    CLI stops with one line."""
+    logit over BestOfN.SIGMAS, recomputed here seed by seed; the ResNet D scores clean images (with patch heads, its
+    image logit plus their mean). Without a saved D the CLI stops with one line."""
     torch.manual_seed(0)
     G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt']))).eval()
     plain = sample.Sampler(G, 'generator')
@@ -1948,6 +1948,18 @@ def test_sample_best_of_n_keeps_the_highest_ratio(tiny, tmp_path):
     candidates = torch.cat([plain([7], 'cpu')[0]] + [plain([sample.derived_seed(7, k)], 'cpu', labels=labels)[0] for k in (1, 2, 3)])
     with torch.no_grad():
         torch.testing.assert_close(x, candidates[resnet(candidates, labels.expand(4, -1))[0].flatten().argmax()][None])
+    for seed in range(20):  # --dpatch 1: image logit + the 4x4 head's mean logit, in a D where the two choose apart
+        torch.manual_seed(seed)
+        patched = disc.ResNetD(8, 3, 4, 8, patch=1).eval()
+        with torch.no_grad():
+            image, positions = patched(candidates, labels.expand(4, -1))
+        if (image[:, 0] + positions.sum(1) / 16).argmax() != image[:, 0].argmax():
+            break
+    else:
+        pytest.fail('no D of 20 seeds where the patch heads change the choice')
+    assert positions.shape == (4, 16)
+    torch.testing.assert_close(sample.BestOfN(plain, patched, 4)([7], 'cpu')[0],
+                               candidates[(image[:, 0] + positions.sum(1) / 16).argmax()][None])
     ckpt.save_checkpoint(str(tmp_path / 'network-snapshot-000000000.pt'), G, kind='generator')
     r = subprocess.run([sys.executable, os.path.join(HERE, 'sample.py'), '--net', str(tmp_path / 'network-snapshot-000000000.pt'),
                         '--best-of', '2'], capture_output=True, text=True, cwd=HERE)
