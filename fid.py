@@ -455,11 +455,12 @@ def plot_spectra(curves, path):
 
 
 def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
-    """A line plot drawn with pillow (no plotting dependency). curves: {label: (xs, ys)}."""
-    w, h = size
-    img = Image.new('RGB', size, 'white')
+    """A line plot drawn with pillow (no plotting dependency). curves: {label: (xs, ys)}. The image widens to fit
+    the longest label in full (pillow's default font: 6 px a character)."""
+    w, h = max(size[0], size[0] - 130 + 8 + 6 * max(map(len, curves)) + 8), size[1]
+    img = Image.new('RGB', (w, h), 'white')
     d = ImageDraw.Draw(img)
-    left, top, right, bottom = 50, 20, w - 130, h - 30
+    left, top, right, bottom = 50, 20, size[0] - 130, h - 30
     xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in curves.values()])
     ys = np.concatenate([np.asarray(y, dtype=float) for _, y in curves.values()])
     (x0, x1), (lo, hi) = (xs.min(), xs.max()), (ys.min(), ys.max())
@@ -476,7 +477,7 @@ def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
         pts = [(left + (right - left) * (a - x0) / max(x1 - x0, 1e-9), bottom - (bottom - top) * (b - lo) / max(hi - lo, 1e-9))
                for a, b in zip(x, y)]
         d.line(pts, fill=colours[i % len(colours)], width=2)
-        d.text((right + 8, top + 14 * i), label[:18], fill=colours[i % len(colours)])
+        d.text((right + 8, top + 14 * i), label, fill=colours[i % len(colours)])
     ckpt.atomic_write(path, lambda f: img.save(f, format='PNG'))
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2262,6 +2262,11 @@ def test_plot_lines_colours_curves_apart(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / 'c.png').convert('RGB')).reshape(-1, 3)
     counts = np.unique(pixels, axis=0, return_counts=True)[1]
     assert (counts >= 100).sum() == 1 + 10  # lines are ~300 pixels long and 2 wide; a text's anti-aliased edges few
+    # Labels print in full: a 30-character one widens the image, and its last character is drawn past where 18 end.
+    label = 'b8-dcls2000-patch-r1g0.03-xeon'
+    fid.plot_lines({label: ([0, 10], [100, 90])}, tmp_path / 'l.png', 'kimg', 'FID')
+    legend = np.asarray(Image.open(tmp_path / 'l.png').convert('L'))[:, 480 - 130 + 8 + 6 * 18:]
+    assert legend.shape[1] >= 6 * 12 and (legend < 128).any()
 
 
 def test_fid_radial_spectrum_closed_form():

@@ -337,6 +337,9 @@ probe b8-dcls2000-lr5e-5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --lr 5e-5 & 
 # projected D's heads), R1 at 0.1: its penalty sums the 81 logits' gradients (at 1 kimg, 21 at 0.1 against the
 # preset's 27 at 1; at 1 it was 811 by iteration 16)
 probe b8-dcls2000-patch 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & probe b8-dcls2000-patch 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & wait
+# patch heads at a lower R1 weight, 0.03 (started to 20 kimg, then resumed on to 40), and 0.01 (to 20)
+probe b8-dcls2000-patch-r1g0.03 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & probe b8-dcls2000-patch-r1g0.03 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & wait
+probe b8-dcls2000-patch-r1g0.01 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & probe b8-dcls2000-patch-r1g0.01 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -353,4 +356,4 @@ python toy_table.py --study $out --plot fid-curve-dcls1000 --curves b8,b8-dcls,b
 python toy_table.py --study $out --plot fid-curve-dcls2000 --curves b8,b8-dcls,b8-dcls500,b8-dcls1000,b8-dcls2000 --upto 40
 python toy_table.py --study $out --plot fid-curve-dcls2000-200 --curves b8,b8-dcls500,b8-dcls1000,b8-dcls2000
 python toy_table.py --study $out --plot fid-curve-ds2-xeon --curves b8-dcls2000-xeon,b8-dcls2000-ds2 --upto 40
-python toy_table.py --study $out --plot fid-curve-patch-xeon --curves b8-dcls2000-xeon,b8-dcls2000-patch,b8-dcls2000-lr5e-5 --upto 40
+python toy_table.py --study $out --plot fid-curve-patch-xeon --curves b8-dcls2000-xeon,b8-dcls2000-patch,b8-dcls2000-patch-r1g0.03,b8-dcls2000-patch-r1g0.01,b8-dcls2000-lr5e-5 --upto 40
