@@ -340,6 +340,8 @@ probe b8-dcls2000-patch 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --
 # patch heads at a lower R1 weight, 0.03 (started to 20 kimg, then resumed on to 40), and 0.01 (to 20)
 probe b8-dcls2000-patch-r1g0.03 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & probe b8-dcls2000-patch-r1g0.03 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & wait
 probe b8-dcls2000-patch-r1g0.01 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & probe b8-dcls2000-patch-r1g0.01 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & wait
+# lazy R1 four times as often (every 4 iterations; the weight per image kept) with the classifier D
+probe b8-dcls2000-r1i4 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & probe b8-dcls2000-r1i4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
