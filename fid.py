@@ -457,10 +457,10 @@ def plot_spectra(curves, path):
 def plot_lines(curves, path, xlabel, ylabel, size=(480, 320)):
     """A line plot drawn with pillow (no plotting dependency). curves: {label: (xs, ys)}. The image widens to fit
     the longest label in full (pillow's default font: 6 px a character)."""
-    w, h = max(size[0], size[0] - 130 + 8 + 6 * max(map(len, curves)) + 8), size[1]
+    left, top, right, bottom = 50, 20, size[0] - 130, size[1] - 30
+    w, h = max(size[0], right + 8 + 6 * max(map(len, curves)) + 8), size[1]  # the legend at right + 8
     img = Image.new('RGB', (w, h), 'white')
     d = ImageDraw.Draw(img)
-    left, top, right, bottom = 50, 20, size[0] - 130, h - 30
     xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in curves.values()])
     ys = np.concatenate([np.asarray(y, dtype=float) for _, y in curves.values()])
     (x0, x1), (lo, hi) = (xs.min(), xs.max()), (ys.min(), ys.max())

@@ -637,7 +637,8 @@ def test_disc_from_flags_fills_only_what_was_not_given():
     """train.py's D from its flags: each kind's own lr and R1 weight (the ResNet D 2e-3 and 1, the ratio D 2e-3 and
     0.1) fill --dlr and --r1-gamma only when they were not typed; --r1-gamma 0 (no R1) stays 0; the D built is the
     named kind at --dwidth and --ddepth; --dlr-trunk with the projected D (no trainable trunk) stops before building
-    it, and a D's trunk (the last one built, the ratio D's) is all but its out and embed."""
+    it, and a D's trunk (the last one built, the ratio D's) is all but its out and embed; --dpatch with any D but the
+    ResNet D stops before building it, and the ResNet D's patch heads are two (16 px) and in its head."""
     dataset = types.SimpleNamespace(resolution=16, num_channels=3, label_dim=4)
     flags = lambda **kw: argparse.Namespace(**dict(disc='resnet', loss='d2o', dlr=None, r1_gamma=None, weights=None,
                                                    dwidth=8, ddepth=2, seed=0, dsigma=0.1, dlr_trunk=1.0, dpatch=0)
