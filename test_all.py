@@ -955,7 +955,7 @@ def glob_states(run):
 
 
 def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, gan='ns',
-                  dlr_trunk=1.0, dpatch=0, batch=8, seed=0):
+                  dlr_trunk=1.0, dpatch=0, beta1=0.0, batch=8, seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
@@ -965,10 +965,10 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. dlr_trunk: D's layers but its
     last (out) and its label projection (embed) at that x D's lr. dpatch: D gives a logit per image and one per
     position of its 4x4 features (the patch head); each loss is the sum over the two of its mean over the batch and
-    the positions, and R1 the gradient of the sum of all logits. Only the networks, the data order and the
-    per-iteration seed are shared with train.py."""
+    the positions, and R1 the gradient of the sum of all logits. beta1: G's Adam momentum (D's stays 0). Only the
+    networks, the data order and the per-iteration seed are shared with train.py."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
-                                                                  seed, gsigma, dlr_trunk, dpatch)
+                                                                  seed, gsigma, dlr_trunk, dpatch, beta1)
     softplus = torch.nn.functional.softplus
     logits = lambda images, c: D(images, c)  # [N, 1] (the image), then with dpatch [N, 16] (the patch head)
     assert [l.shape[1] for l in logits(torch.zeros(2, 3, 8, 8), torch.eye(4)[:2])] == ([1, 16] if dpatch else [1])
@@ -1010,9 +1010,10 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
 
 
-def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0, dpatch=0):
+def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0, dpatch=0,
+                    beta1=0.0):
     """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed (with
-    dpatch, the ResNet D with patch heads), Adam (0, 0.99) for G and D's lr and beta2 scaled by k = interval /
+    dpatch, the ResNet D with patch heads), Adam (beta1, 0.99) for G, Adam (0, .) for D, D's lr and beta2 scaled by k = interval /
     (interval + 1) for lazy R1 (without R1, k = 1); D's out, embed and patch heads at that lr, the rest of D at
     dlr_trunk x it."""
     dataset = data.ImageDataset(tiny['data'])
@@ -1024,7 +1025,7 @@ def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=
     trunk = [param for param in D.parameters() if all(param is not h for h in head)]
     assert len(trunk) + len(head) == len(list(D.parameters()))
     return (dataset, data.InfiniteSampler(len(dataset), seed), G, copy_module(G), D,
-            torch.optim.Adam(G.parameters(), lr=lr, betas=(0.0, 0.99), eps=1e-8),
+            torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.99), eps=1e-8),
             torch.optim.Adam([dict(params=trunk, lr=dlr * k * dlr_trunk), dict(params=head)], lr=dlr * k,
                              betas=(0.0, 0.99 ** k), eps=1e-8))
 
@@ -1060,18 +1061,19 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk, dpatch', [
-    (0.5, 80.0, 'ns', 1.0, 0), (0, 2.5, 'ns', 1.0, 0), (0.5, 80.0, 'rp', 1.0, 0), (0.5, 80.0, 'ns', 0.1, 0),
-    (0.5, 80.0, 'ns', 0.3, 1)])
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk, dpatch):
+@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1', [
+    (0.5, 80.0, 'ns', 1.0, 0, 0.0), (0, 2.5, 'ns', 1.0, 0, 0.0), (0.5, 80.0, 'rp', 1.0, 0, 0.0),
+    (0.5, 80.0, 'ns', 0.1, 0, 0.9), (0.5, 80.0, 'ns', 0.3, 1, 0.0)])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
     the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
     G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
     beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps; with --dpatch 1
-    D's patch head beside its image logit, in every loss and in R1 (and in the head's lr group)."""
+    D's patch head beside its image logit, in every loss and in R1 (and in the head's lr group); with --beta1 0.9
+    G's Adam with that momentum, D's without."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
-                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch)
+                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch, beta1=beta1)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -1609,7 +1611,7 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     for flag, value, old in (('--batch', '16', '8'), ('--freeze', '1', '0'), ('--disc', 'projected', 'resnet'),
                              ('--init', other, tiny['ckpt']), ('--dwidth', '16', '8'), ('--ddepth', '2', '1'),
                              ('--gsigma', '2.5', '80.0'), ('--gan', 'rp', 'ns'), ('--dlr-trunk', '0.1', '1.0'),
-                             ('--dpatch', '1', '0')):
+                             ('--dpatch', '1', '0'), ('--beta1', '0.5', '0.0')):
         flags = dict(zip(base[::2], base[1::2]), **{'--init': tiny['ckpt'], flag: value})
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
@@ -1846,6 +1848,9 @@ def test_train_bad_values_and_refused_files_are_one_line(tiny, tmp_path):
     assert f'--init {evil_pkl}: refused global {os.system.__module__}.system' in train_error(*base, '--init', str(evil_pkl), '--rundir', fresh)
     assert "--gan rp is a loss of D2O's GAN; --loss diffratio has its own" in train_error(
         *base, '--init', tiny['ckpt'], '--rundir', fresh, '--loss', 'diffratio', '--gan', 'rp')
+    for extra in (['--beta1', '1'], ['--beta1', '0.5', '--loss', 'edm']):
+        assert "beta1 in a GAN loss is below 1 (--loss edm keeps EDM's 0.9)" in train_error(
+            *base, '--init', tiny['ckpt'], '--rundir', fresh, *extra)
     for argv in (['--init', str(evil_pt), '--rundir', fresh], ['--init', tiny['ckpt'], '--rundir', str(run), '--resume', str(evil_pt)]):
         message = train_error(*base, *argv)  # names the file and the global, and never advises weights_only=False
         assert f'{evil_pt} was refused' in message and f'{os.system.__module__}.system' in message and 'False' not in message

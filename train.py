@@ -81,6 +81,8 @@ flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
 flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
 flag('--dlr-trunk', type=NONNEG, default=1.0, help="D's trunk (all but its output layer and label projection) at this "
      "x --dlr: below 1 keeps more of a --dinit D's features")
+flag('--beta1', type=ckpt.number(float, 0, inclusive=True), default=0.0, help="G's Adam beta1 in the GAN losses "
+     "(D2O: 0; D's stays 0)")
 flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
@@ -111,7 +113,7 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
-         'dinit', 'dlr_trunk', 'dwidth', 'ddepth', 'dpatch', 'dsigma', 'seed')
+         'dinit', 'beta1', 'dlr_trunk', 'dwidth', 'ddepth', 'dpatch', 'dsigma', 'seed')
 CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
               'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
@@ -138,6 +140,8 @@ def resolve_flags(argv, world, device, log):
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
     if args.gan != 'ns' and args.loss != 'd2o':
         sys.exit(f'error: --gan {args.gan} is a loss of D2O\'s GAN; --loss {args.loss} has its own')
+    if args.beta1 >= 1 or (args.beta1 and args.loss == 'edm'):
+        sys.exit(f'error: --beta1 {args.beta1:g}: G\'s Adam beta1 in a GAN loss is below 1 (--loss edm keeps EDM\'s 0.9)')
     if args.dinit not in ('auto', 'none') and args.loss == 'edm':
         sys.exit('error: --dinit starts a discriminator; --loss edm trains none')
     if args.reinit and args.init == 'random':
@@ -184,8 +188,8 @@ def build_run(args, preset, net, source, dataset, rank, world, device, log, fres
     run.G_ema = copy.deepcopy(run.G).eval().requires_grad_(False)
     run.g_params = [param for param in run.G.parameters() if param.requires_grad]
     run.G_ddp = torch.compile(ddp(run.G)) if args.compile else ddp(run.G)
-    run.opt_G = torch.optim.Adam(run.g_params, betas=(0.0, 0.99) if run.D is not None else EDM_LOSS['betas'], eps=1e-8,
-                                  foreach=True)
+    run.opt_G = torch.optim.Adam(run.g_params, betas=(args.beta1, 0.99) if run.D is not None else EDM_LOSS['betas'],
+                                 eps=1e-8, foreach=True)
     amp_dtype, amp = torch.bfloat16 if args.precision == 'bf16' else torch.float16, args.precision != 'fp32'
     run.autocast = lambda: torch.autocast(device.type, amp_dtype) if amp else contextlib.nullcontext()
     run.scalers = {stage: torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16') for stage in 'GD'}

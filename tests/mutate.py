@@ -152,6 +152,8 @@ MUTANTS = [
      "--dpatch 1 --dinit FILE starts the whole D fresh, not from the file's trunk"),
     ('best-of-image-logit-only', 'sample.py', [('return sum(logits.flatten(1).mean(1) for logits in self.D(images, label))', 'return self.D(images, label)[0].flatten()')],
      "best-of-N with a patch D scores by its image logit alone, not what its GAN loss reads"),
+    ('g-beta1-ignored', 'train.py', [("betas=(args.beta1, 0.99) if run.D", "betas=(0.0, 0.99) if run.D")],
+     "--beta1 does not reach G's Adam: G trains without the momentum asked for"),
     ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
      "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
     ('pretrain-adam-beta2', 'disc.py', [('opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))', 'opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))')],

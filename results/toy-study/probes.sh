@@ -342,6 +342,9 @@ probe b8-dcls2000-patch-r1g0.03 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpa
 probe b8-dcls2000-patch-r1g0.01 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & probe b8-dcls2000-patch-r1g0.01 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & wait
 # lazy R1 four times as often (every 4 iterations; the weight per image kept) with the classifier D
 probe b8-dcls2000-r1i4 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & probe b8-dcls2000-r1i4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & wait
+# G's Adam with momentum (--beta1; D2O's is 0) with the classifier D: 0.9 (started to 40 kimg, stopped at 10) and 0.5
+probe b8-dcls2000-beta0.9 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & probe b8-dcls2000-beta0.9 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & wait
+probe b8-dcls2000-beta0.5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & probe b8-dcls2000-beta0.5 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
