@@ -1013,9 +1013,9 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
 def reference_setup(tiny, D_class, lr, dlr, r1_interval, r1_gamma, seed, gsigma=80.0, dlr_trunk=1.0, dpatch=0,
                     beta1=0.0):
     """The written-out references' start: data order, G from the tiny teacher, its EMA copy, D from the seed (with
-    dpatch, the ResNet D with patch heads), Adam (beta1, 0.99) for G, Adam (0, .) for D, D's lr and beta2 scaled by k = interval /
-    (interval + 1) for lazy R1 (without R1, k = 1); D's out, embed and patch heads at that lr, the rest of D at
-    dlr_trunk x it."""
+    dpatch, the ResNet D with patch heads), Adam (beta1, 0.99) for G, Adam (0, 0.99) for D with D's lr and beta2
+    scaled by k = interval / (interval + 1) for lazy R1 (without R1, k = 1); D's out, embed and patch heads at that
+    lr, the rest of D at dlr_trunk x it."""
     dataset = data.ImageDataset(tiny['data'])
     G = unet.D2OGenerator(unet.generator_net(ckpt.load_edm(tiny['ckpt'])), gsigma).requires_grad_(True)
     torch.manual_seed(seed)
@@ -1848,9 +1848,9 @@ def test_train_bad_values_and_refused_files_are_one_line(tiny, tmp_path):
     assert f'--init {evil_pkl}: refused global {os.system.__module__}.system' in train_error(*base, '--init', str(evil_pkl), '--rundir', fresh)
     assert "--gan rp is a loss of D2O's GAN; --loss diffratio has its own" in train_error(
         *base, '--init', tiny['ckpt'], '--rundir', fresh, '--loss', 'diffratio', '--gan', 'rp')
-    for extra in (['--beta1', '1'], ['--beta1', '0.5', '--loss', 'edm']):
-        assert "beta1 in a GAN loss is below 1 (--loss edm keeps EDM's 0.9)" in train_error(
-            *base, '--init', tiny['ckpt'], '--rundir', fresh, *extra)
+    for extra, expected in ((['--beta1', '1'], "--beta1 1: Adam's beta1 must be below 1"),
+                            (['--beta1', '0.5', '--loss', 'edm'], "--loss edm keeps EDM's Adam betas (0.9, 0.999)")):
+        assert expected in train_error(*base, '--init', tiny['ckpt'], '--rundir', fresh, *extra)
     for argv in (['--init', str(evil_pt), '--rundir', fresh], ['--init', tiny['ckpt'], '--rundir', str(run), '--resume', str(evil_pt)]):
         message = train_error(*base, *argv)  # names the file and the global, and never advises weights_only=False
         assert f'{evil_pt} was refused' in message and f'{os.system.__module__}.system' in message and 'False' not in message

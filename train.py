@@ -81,8 +81,7 @@ flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
 flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
 flag('--dlr-trunk', type=NONNEG, default=1.0, help="D's trunk (all but its output layer and label projection) at this "
      "x --dlr: below 1 keeps more of a --dinit D's features")
-flag('--beta1', type=ckpt.number(float, 0, inclusive=True), default=0.0, help="G's Adam beta1 in the GAN losses "
-     "(D2O: 0; D's stays 0)")
+flag('--beta1', type=NONNEG, default=0.0, help="G's Adam beta1 (momentum) in the GAN losses (D2O: 0; D's stays 0)")
 flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
@@ -140,8 +139,10 @@ def resolve_flags(argv, world, device, log):
         sys.exit('error: give --init (an EDM checkpoint, our checkpoint, or "random")')
     if args.gan != 'ns' and args.loss != 'd2o':
         sys.exit(f'error: --gan {args.gan} is a loss of D2O\'s GAN; --loss {args.loss} has its own')
-    if args.beta1 >= 1 or (args.beta1 and args.loss == 'edm'):
-        sys.exit(f'error: --beta1 {args.beta1:g}: G\'s Adam beta1 in a GAN loss is below 1 (--loss edm keeps EDM\'s 0.9)')
+    if args.beta1 >= 1:
+        sys.exit(f'error: --beta1 {args.beta1:g}: Adam\'s beta1 must be below 1')
+    if args.beta1 and args.loss == 'edm':
+        sys.exit('error: --beta1 is G\'s momentum in a GAN loss; --loss edm keeps EDM\'s Adam betas (0.9, 0.999)')
     if args.dinit not in ('auto', 'none') and args.loss == 'edm':
         sys.exit('error: --dinit starts a discriminator; --loss edm trains none')
     if args.reinit and args.init == 'random':
