@@ -342,6 +342,14 @@ probe b8-dcls2000-patch-r1g0.03 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpa
 probe b8-dcls2000-patch-r1g0.01 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & probe b8-dcls2000-patch-r1g0.01 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & wait
 # lazy R1 four times as often (every 4 iterations; the weight per image kept) with the classifier D
 probe b8-dcls2000-r1i4 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & probe b8-dcls2000-r1i4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & wait
+# At the main command's 16 kimg: the preset (seed 0: the main command's run; seed 1 rerun to 16 kimg) against the patch
+# heads at R1 gamma 0.03, from the runs' 16-kimg snapshots -> at16kimg.txt
+OMP_NUM_THREADS=1 python train.py --batch 8 --r1-gamma 1 --dinit $out/dcls/disc-cls-2000.pt --kimg 16 --seed 1 \
+    --fid-every 10 --rundir $out/preset16-s1 > $out/preset16-s1.log 2>&1
+{ echo "preset s0: $(fid_of runs/toy-d2o/network-snapshot-000016000.pt)"
+  echo "preset s1: $(fid_of $out/preset16-s1/network-snapshot-000016000.pt)"
+  for s in 0 1; do echo "patch-r1g0.03 s$s: $(fid_of $out/b8-dcls2000-patch-r1g0.03-s$s/network-snapshot-000016000.pt)"; done
+} >> $out/at16kimg.txt
 # G's Adam with momentum (--beta1; D2O's is 0) with the classifier D: 0.9 (started to 40 kimg, stopped at 10) and 0.5
 probe b8-dcls2000-beta0.9 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & probe b8-dcls2000-beta0.9 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & wait
 probe b8-dcls2000-beta0.5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & probe b8-dcls2000-beta0.5 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & wait
