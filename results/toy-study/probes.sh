@@ -353,6 +353,11 @@ OMP_NUM_THREADS=1 python train.py --batch 8 --r1-gamma 1 --dinit $out/dcls/disc-
 # G's Adam with momentum (--beta1; D2O's is 0) with the classifier D: 0.9 (started to 40 kimg, stopped at 10) and 0.5
 probe b8-dcls2000-beta0.9 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & probe b8-dcls2000-beta0.9 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.9 & wait
 probe b8-dcls2000-beta0.5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & probe b8-dcls2000-beta0.5 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5 & wait
+# G's lr 2x (2e-4) for the first 10 kimg, then the preset's 1e-4 (a resume with --lr, so options.json holds 1e-4);
+# started to 40 kimg, stopped at 20 (seed 0 had collapsed)
+n=b8-dcls2000-lr2e-4to10
+(probe $n 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr 2e-4 && probe $n 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr 1e-4) &
+(probe $n 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr 2e-4 && probe $n 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr 1e-4) & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
