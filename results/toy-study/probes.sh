@@ -375,3 +375,4 @@ python toy_table.py --study $out --plot fid-curve-dcls2000 --curves b8,b8-dcls,b
 python toy_table.py --study $out --plot fid-curve-dcls2000-200 --curves b8,b8-dcls500,b8-dcls1000,b8-dcls2000
 python toy_table.py --study $out --plot fid-curve-ds2-xeon --curves b8-dcls2000-xeon,b8-dcls2000-ds2 --upto 40
 python toy_table.py --study $out --plot fid-curve-patch-xeon --curves b8-dcls2000-xeon,b8-dcls2000-patch,b8-dcls2000-patch-r1g0.03,b8-dcls2000-patch-r1g0.01,b8-dcls2000-lr5e-5 --upto 40
+python toy_table.py --study $out --plot fid-curve-beta-xeon --curves b8-dcls2000-xeon,b8-dcls2000-beta0.5,b8-dcls2000-beta0.9,b8-dcls2000-lr2e-4to10-s0,b8-dcls2000-lr2e-4to10-s1 --upto 40
