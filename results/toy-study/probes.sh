@@ -337,8 +337,8 @@ probe b8-dcls2000-lr5e-5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --lr 5e-5 & 
 # projected D's heads), R1 at 0.1: its penalty sums the 81 logits' gradients (at 1 kimg, 21 at 0.1 against the
 # preset's 27 at 1; at 1 it was 811 by iteration 16)
 probe b8-dcls2000-patch 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & probe b8-dcls2000-patch 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.1 & wait
-# patch heads at a lower R1 weight, 0.03 (started to 20 kimg, then resumed on to 40), and 0.01 (to 20)
-probe b8-dcls2000-patch-r1g0.03 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & probe b8-dcls2000-patch-r1g0.03 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & wait
+# patch heads at a lower R1 weight, 0.03 (started to 20 kimg, then resumed on to 40, a session later to 60), and 0.01 (to 20)
+probe b8-dcls2000-patch-r1g0.03 0 60 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & probe b8-dcls2000-patch-r1g0.03 1 60 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.03 & wait
 probe b8-dcls2000-patch-r1g0.01 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & probe b8-dcls2000-patch-r1g0.01 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --dpatch 1 --r1-gamma 0.01 & wait
 # lazy R1 four times as often (every 4 iterations; the weight per image kept) with the classifier D
 probe b8-dcls2000-r1i4 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & probe b8-dcls2000-r1i4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --r1-interval 4 & wait
