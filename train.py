@@ -78,10 +78,10 @@ flag('--batch', type=POSITIVE_INT, default=None, help='total batch over all GPUs
 flag('--batch-gpu', type=POSITIVE_INT, default=None, help='micro-batch per GPU (accumulated)')
 flag('--kimg', type=POSITIVE, default=None, help='length in thousands of images (raise to extend)')
 flag('--lr', type=POSITIVE, default=None, help='G learning rate (Adam)')
+flag('--beta1', type=NONNEG, default=0.0, help="G's Adam beta1 (momentum) in the GAN losses (D2O: 0; D's stays 0)")
 flag('--dlr', type=POSITIVE, default=None, help='D learning rate (x interval/(interval+1) for lazy R1)')
 flag('--dlr-trunk', type=NONNEG, default=1.0, help="D's trunk (all but its output layer and label projection) at this "
      "x --dlr: below 1 keeps more of a --dinit D's features")
-flag('--beta1', type=NONNEG, default=0.0, help="G's Adam beta1 (momentum) in the GAN losses (D2O: 0; D's stays 0)")
 flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (EDM loss: 10000)')
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
