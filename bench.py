@@ -5,7 +5,8 @@
     OMP_NUM_THREADS=1 python bench.py --iters 20
 
 It times, on freshly generated data and randomly initialised networks of the chosen size:
-  - train.py's own loop (D2O and D2O-F), from its per-tick timings: iterations/s and img/s;
+  - train.py's own loop (D2O, D2O-F, and D2O with --d-fakes g-step), from its per-tick timings: iterations/s and
+    img/s;
   - the model passes of one iteration timed alone (G forward+backward through D, G forward for the D step,
     D forward+backward on fakes and reals) and the loop's time divided by their sum (loop overhead; R1 and EMA
     are part of the loop);
@@ -84,7 +85,7 @@ def paired(slow, fast, rounds=31):
 
 def loop_seconds_per_iter(root, teacher, ds, args, level, *extra):
     """(median seconds per iteration after two warm-up iterations, seconds of those two) of train.py's loop."""
-    run = os.path.join(root, f'run-f{level}{"".join(extra)}')
+    run = tempfile.mkdtemp(prefix=f'run-f{level}', dir=root)  # a new run each call, never a resume
     kimg = (args.iters + 2) * args.batch / 1000
     train.main(['--data', ds, '--init', teacher, '--batch', str(args.batch), '--dwidth', str(args.dwidth), '--kimg', str(kimg),
                 '--tick', str(args.batch / 1000), '--snap', str(kimg), '--fid-num', '0', '--freeze', str(level), '--rundir', run,
@@ -219,6 +220,8 @@ def main():
 
         # The loop itself, D2O and D2O-F; optimizer state of G.
         it = {level: loop_seconds_per_iter(root, teacher, ds, args, level)[0] for level in (0, 1)}
+        loop = lambda *extra: loop_seconds_per_iter(root, teacher, ds, args, 0, *extra)[0]
+        reused = float(np.median([loop() / loop('--d-fakes', 'g-step') for _ in range(3)]))  # back to back: drift
         if args.compile:  # compile time: the warm-up iterations beyond two steady ones
             it_compiled, warm_up = loop_seconds_per_iter(root, teacher, ds, args, 0, '--compile')
         mem = {}
@@ -239,6 +242,7 @@ def main():
         ('model passes alone, s/iteration', f'{passes:.3f} (G fwd+bwd {t_g:.3f}, G fwd {t_gf:.3f}, D fwd+bwd x2 {t_d:.3f})'),
         ('loop / model passes (overhead)', f'{it[0] / passes:.2f}'),
         ('D2O-F / D2O iteration time', f'{it[1] / it[0]:.2f}'),
+        ("D2O iteration time, fresh fakes / --d-fakes g-step (the G step's), median of 3 pairs", f'{reused:.2f}'),
         ("G's Adam step / EMA update / gradient check, one call per tensor over batched",
          ' / '.join(f'{ratio:.2f}' for ratio, _ in batching.values())),
         ('time that batching saves on G, share of a D2O iteration',

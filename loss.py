@@ -164,17 +164,23 @@ def noised(run, shape):
 
 
 def gan_iteration(run, x, labels, view, generator_loss, relativistic=False):
-    """A G step (D frozen) on fresh z, --d-steps D steps on fakes from the updated G, and every --r1-interval
-    iterations a lazy R1 step on reals. view(run, shape) draws what D sees of a set of images. relativistic: RpGAN,
-    each fake against the real at its batch position (G's loss sees the reals' logits too), and R2 on fakes of a
-    fresh z beside R1 in the lazy step (arXiv 2501.05441, Sec. 2)."""
+    """A G step (D frozen) on fresh z, --d-steps D steps on fakes from the updated G (--d-fakes g-step: the first on
+    the G step's own fakes, from before its step), and every --r1-interval iterations a lazy R1 step on reals.
+    view(run, shape) draws what D sees of a set of images. relativistic: RpGAN, each fake against the real at its
+    batch position (G's loss sees the reals' logits too), and R2 on fakes of a fresh z beside R1 in the lazy step
+    (arXiv 2501.05441, Sec. 2)."""
     pick = lambda s: labels[s] if labels is not None else None
-    z_g, z_d = global_randn(run, x.shape[1:]), global_randn(run, x.shape[1:])
-    g_view = view(run, x.shape[1:])
+    reuse = run.args.d_fakes == 'g-step'  # the first D step takes the G step's fakes: one G forward fewer
+    z_g = global_randn(run, x.shape[1:])
+    z_d = None if reuse else global_randn(run, x.shape[1:])
+    g_view, g_fakes = view(run, x.shape[1:]), {}
 
     def g_step(s):
         with run.autocast():
-            images, kw = g_view(run.G_ddp(z_g[s], pick(s)), s)
+            fake = run.G_ddp(z_g[s], pick(s))
+            if reuse:  # as G made them before its step, per micro-batch
+                g_fakes[s.start] = fake.detach()
+            images, kw = g_view(fake, s)
             logits = [l.float() for l in run.D_fast(images, pick(s), **kw)]
             if not relativistic:
                 return generator_loss(logits)
@@ -192,8 +198,11 @@ def gan_iteration(run, x, labels, view, generator_loss, relativistic=False):
             view(run, x.shape[1:])
 
         def d_step(s):
-            with torch.no_grad(), run.autocast():
-                fake = run.G(z[s], pick(s))
+            if z is None:
+                fake = g_fakes[s.start]
+            else:
+                with torch.no_grad(), run.autocast():
+                    fake = run.G(z[s], pick(s))
             (real, real_kw), (fake, fake_kw) = real_view(x[s], s), fake_view(fake, s)
             with run.autocast():
                 return run.D_ddp(real, fake, pick(s), real_kw=real_kw, fake_kw=fake_kw, relativistic=relativistic)

@@ -955,7 +955,7 @@ def glob_states(run):
 
 
 def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, ema, ema_rampup, gsigma=80.0, gan='ns',
-                  dlr_trunk=1.0, dpatch=0, beta1=0.0, batch=8, seed=0):
+                  dlr_trunk=1.0, dpatch=0, beta1=0.0, d_fakes='fresh', batch=8, seed=0):
     """D2O written out again from the paper and the official recipe, one plain loop (arXiv 2506.09376 Sec. 3; the
     official train.sh): G step on fresh z, D step on fresh z through the updated G, lazy R1 every r1_interval
     iterations weighted r1_interval * gamma / 2; Adam (0, 0.99) for G with a linear lr warm-up over lr_rampup kimg,
@@ -965,8 +965,9 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
     real, and in the lazy step R2, the same penalty on fakes of a fresh z, added to R1. dlr_trunk: D's layers but its
     last (out) and its label projection (embed) at that x D's lr. dpatch: D gives a logit per image and one per
     position of its 4x4 features (the patch head); each loss is the sum over the two of its mean over the batch and
-    the positions, and R1 the gradient of the sum of all logits. beta1: G's Adam momentum (D's stays 0). Only the
-    networks, the data order and the per-iteration seed are shared with train.py."""
+    the positions, and R1 the gradient of the sum of all logits. beta1: G's Adam momentum (D's stays 0). d_fakes
+    'g-step': no z for the D step; it takes the G step's images as G made them before its step. Only the networks,
+    the data order and the per-iteration seed are shared with train.py."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.ResNetD, lr, dlr, r1_interval, r1_gamma,
                                                                   seed, gsigma, dlr_trunk, dpatch, beta1)
     softplus = torch.nn.functional.softplus
@@ -977,18 +978,20 @@ def reference_d2o(tiny, iterations, lr, dlr, lr_rampup, r1_gamma, r1_interval, e
         torch.manual_seed(int(np.random.SeedSequence([seed, it]).generate_state(1)[0]))
         x, c = dataset.batch(sampler.indices(nimg, batch))
         x, c = torch.from_numpy(x).float() / 127.5 - 1, torch.from_numpy(c)
-        z_g, z_d = torch.randn(x.shape), torch.randn(x.shape)
+        z_g = torch.randn(x.shape)
+        z_d = torch.randn(x.shape) if d_fakes == 'fresh' else None
         for group in opt_G.param_groups:
             group['lr'] = lr * min(nimg / (lr_rampup * 1000), 1.0)
         D.requires_grad_(False)
         anchors = [l.detach() if gan == 'rp' else 0 for l in logits(x, c)]  # the paired real's logit, for G a constant
-        loss_G = sum(softplus(anchor - l).mean() for anchor, l in zip(anchors, logits(G(z_g, c), c)))
+        g_images = G(z_g, c)
+        loss_G = sum(softplus(anchor - l).mean() for anchor, l in zip(anchors, logits(g_images, c)))
         opt_G.zero_grad()
         loss_G.backward()
         opt_G.step()
         D.requires_grad_(True)
         with torch.no_grad():
-            fake = G(z_d, c)
+            fake = g_images.detach() if z_d is None else G(z_d, c)
         if gan == 'rp':
             loss_D = sum(softplus(f - r).mean() for f, r in zip(logits(fake, c), logits(x, c)))
         else:
@@ -1061,19 +1064,20 @@ def copy_module(module):
     return copied.requires_grad_(False)
 
 
-@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1', [
-    (0.5, 80.0, 'ns', 1.0, 0, 0.0), (0, 2.5, 'ns', 1.0, 0, 0.0), (0.5, 80.0, 'rp', 1.0, 0, 0.0),
-    (0.5, 80.0, 'ns', 0.1, 0, 0.9), (0.5, 80.0, 'ns', 0.3, 1, 0.0)])
-def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1):
+@pytest.mark.parametrize('r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1, d_fakes', [
+    (0.5, 80.0, 'ns', 1.0, 0, 0.0, 'fresh'), (0, 2.5, 'ns', 1.0, 0, 0.0, 'g-step'), (0.5, 80.0, 'rp', 1.0, 0, 0.0, 'fresh'),
+    (0.5, 80.0, 'ns', 0.1, 0, 0.9, 'fresh'), (0.5, 80.0, 'ns', 0.3, 1, 0.0, 'fresh')])
+def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsigma, gan, dlr_trunk, dpatch, beta1,
+                                                  d_fakes):
     """18 iterations of train.py against reference_d2o: R1 at 4, 8, 12 and 16 with its weight, the lr warm-up over
     the first 6 iterations, D's lazy lr/beta2, the EMA ramp-up (half-life 0.5 x images seen, then 50 images), and
     the logged per-iteration losses; at gamma 0 no R1 step at all and D at its plain lr and beta2; with --gsigma 2.5
     G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
     beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps; with --dpatch 1
     D's patch head beside its image logit, in every loss and in R1 (and in the head's lr group); with --beta1 0.9
-    G's Adam with that momentum, D's without."""
+    G's Adam with that momentum, D's without; with --d-fakes g-step the D step on the G step's own images."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
-                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch, beta1=beta1)
+                 gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch, beta1=beta1, d_fakes=d_fakes)
     state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
@@ -1096,12 +1100,13 @@ def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsig
     torch.testing.assert_close(sampler([3, 4], 'cpu')[0], by_hand, rtol=0, atol=1e-5)
 
 
-def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_interval, lr=1e-4, dlr=2e-3, batch=8,
-                        sigma_mean=-1.2, sigma_std=1.2, ema=500, ema_rampup=0.05, seed=0):
+def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_interval, d_fakes='fresh', lr=1e-4,
+                        dlr=2e-3, batch=8, sigma_mean=-1.2, sigma_std=1.2, ema=500, ema_rampup=0.05, seed=0):
     """--loss diffratio written out as one plain loop: per iteration a G step through x_sigma = G(z) + sigma n against
     the frozen ratio D (reverse KL: -d; JS: softplus(-d)), d_steps logistic D steps on noised reals vs noised fakes of
-    the updated G (sigma drawn per set), lazy R1 on noised reals; ln sigma ~ N(sigma_mean, sigma_std^2). Shares with
-    train.py the networks, the data order, the per-iteration seed and the order of the draws."""
+    the updated G (sigma drawn per set; d_fakes 'g-step': the first D step on the G step's images, without a z),
+    lazy R1 on noised reals; ln sigma ~ N(sigma_mean, sigma_std^2). Shares with train.py the networks, the data
+    order, the per-iteration seed and the order of the draws."""
     dataset, sampler, G, G_ema, D, opt_G, opt_D = reference_setup(tiny, disc.RatioD, lr, dlr, r1_interval, r1_gamma, seed)
     softplus = torch.nn.functional.softplus
     logit = lambda images, c, sigma: D(images, c, sigma.flatten())[0].flatten()
@@ -1111,10 +1116,12 @@ def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_inte
         x, c = dataset.batch(sampler.indices(nimg, batch))
         x, c = torch.from_numpy(x).float() / 127.5 - 1, torch.from_numpy(c)
         noised = lambda: ((torch.randn(batch, 1, 1, 1) * sigma_std + sigma_mean).exp(), torch.randn(x.shape))
-        z_g, z_d = torch.randn(x.shape), torch.randn(x.shape)
+        z_g = torch.randn(x.shape)
+        z_d = torch.randn(x.shape) if d_fakes == 'fresh' else None
         sigma, noise = noised()
         D.requires_grad_(False)
-        d = logit(G(z_g, c) + sigma * noise, c, sigma)
+        g_images = G(z_g, c)
+        d = logit(g_images + sigma * noise, c, sigma)
         loss_G = (-d if divergence == 'rkl' else softplus(-d)).mean()
         opt_G.zero_grad()
         loss_G.backward()
@@ -1125,7 +1132,7 @@ def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_inte
             z = z_d if j == 0 else torch.randn(x.shape)
             (sigma_r, noise_r), (sigma_f, noise_f) = noised(), noised()
             with torch.no_grad():
-                fake = G(z, c)
+                fake = g_images.detach() if z is None else G(z, c)
             loss_D = (softplus(logit(fake + sigma_f * noise_f, c, sigma_f)) +
                       softplus(-logit(x + sigma_r * noise_r, c, sigma_r))).mean()
             opt_D.zero_grad()
@@ -1143,13 +1150,14 @@ def reference_diffratio(tiny, iterations, divergence, d_steps, r1_gamma, r1_inte
     return dict(G=G.state_dict(), G_ema=G_ema.state_dict(), D=D.state_dict()), losses
 
 
-@pytest.mark.parametrize('divergence', ['rkl', 'js'])
-def test_train_diffratio_equals_the_objective_written_out(tiny, tmp_path, divergence):
-    """10 iterations of --loss diffratio (2 D steps per G step, R1 at iterations 4 and 8) against
-    reference_diffratio: networks, EMA and every logged loss. The D saved beside each snapshot loads as the trained D."""
+@pytest.mark.parametrize('divergence, d_fakes', [('rkl', 'fresh'), ('js', 'g-step')])
+def test_train_diffratio_equals_the_objective_written_out(tiny, tmp_path, divergence, d_fakes):
+    """10 iterations of --loss diffratio (2 D steps per G step, the first with --d-fakes g-step on the G step's
+    images, R1 at iterations 4 and 8) against reference_diffratio: networks, EMA and every logged loss. The D saved
+    beside each snapshot loads as the trained D."""
     state = run_train(tiny, tmp_path / 'run', '--loss', 'diffratio', '--divergence', divergence, '--d-steps', '2',
-                      '--r1-gamma', '0.5', '--r1-interval', '4', '--kimg', '0.080', '--tick', '0.008')
-    ref, ref_losses = reference_diffratio(tiny, 10, divergence, 2, 0.5, 4)
+                      '--d-fakes', d_fakes, '--r1-gamma', '0.5', '--r1-interval', '4', '--kimg', '0.080', '--tick', '0.008')
+    ref, ref_losses = reference_diffratio(tiny, 10, divergence, 2, 0.5, 4, d_fakes)
     for key in ('G', 'G_ema', 'D'):
         for k, v in ref[key].items():
             torch.testing.assert_close(state[key][k], v, rtol=1e-5, atol=1e-6, msg=f'{key}.{k}')
@@ -1595,15 +1603,18 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
     run = tmp_path / 'run'
     run_train(tiny, run, '--kimg', '0.016')
     capsys.readouterr()
-    state = run_train(tiny, run, '--kimg', '0.032', '--lr', '3e-4', '--dlr', '1e-3', '--r1-gamma', '0.5')
+    state = run_train(tiny, run, '--kimg', '0.032', '--lr', '3e-4', '--dlr', '1e-3', '--r1-gamma', '0.5', '--d-fakes',
+                      'g-step')
     out = capsys.readouterr().out
-    assert 'changed: --kimg 0.016 -> 0.032, --lr 0.0001 -> 0.0003, --dlr 0.002 -> 0.001, --r1-gamma 1.0 -> 0.5' in out
+    assert ('changed: --kimg 0.016 -> 0.032, --lr 0.0001 -> 0.0003, --dlr 0.002 -> 0.001, --r1-gamma 1.0 -> 0.5, '
+            '--d-fakes fresh -> g-step') in out
     assert [g['lr'] for g in state['opt_G']['param_groups']] == [3e-4]
     assert [g['lr'] for g in state['opt_D']['param_groups']] == [1e-3 * 16 / 17]
     assert state['args']['r1_gamma'] == 0.5 and state['nimg'] == 32
     # Flags not given again keep the run's values (not the defaults).
     state = run_train(tiny, run, '--kimg', '0.048')
     assert state['args']['lr'] == 3e-4 and [g['lr'] for g in state['opt_G']['param_groups']] == [3e-4]
+    assert state['args']['d_fakes'] == 'g-step'
     other = str(tmp_path / 'other.pt')
     ckpt.save_checkpoint(other, ckpt.load_edm(tiny['ckpt']), kind='denoiser')
     before = files_digest(run)
@@ -1616,6 +1627,16 @@ def test_train_resume_takes_new_rates_and_refuses_fixed_flags(tiny, tmp_path, ca
         message = train_error(*[t for kv in flags.items() for t in kv])
         assert f'{flag} {value} differs from the {old} that the run in' in message and '--rundir' in message, message
     assert files_digest(run) == before
+
+
+def test_readme_lists_the_flags_a_resume_takes_and_refuses():
+    """The README's "Flags on a resume" names exactly train.py's CHANGEABLE flags, then exactly its FIXED ones."""
+    text = open(os.path.join(HERE, 'README.md')).read()
+    section = text[text.index('**Flags on a resume.**'):]
+    changeable = section[:section.index('flags not given')]
+    fixed = section[section.index('Flags that define'):section.index('are refused')]
+    names = lambda part: sorted(flag[2:].replace('-', '_') for flag in re.findall(r'`(--[a-z0-9-]+)`', part))
+    assert names(changeable) == sorted(train.CHANGEABLE) and names(fixed) == sorted(train.FIXED)
 
 
 def test_train_dinit_starts_d_from_a_saved_one(tiny, tmp_path, capsys):
@@ -1849,7 +1870,9 @@ def test_train_bad_values_and_refused_files_are_one_line(tiny, tmp_path):
     assert "--gan rp is a loss of D2O's GAN; --loss diffratio has its own" in train_error(
         *base, '--init', tiny['ckpt'], '--rundir', fresh, '--loss', 'diffratio', '--gan', 'rp')
     for extra, expected in ((['--beta1', '1'], "--beta1 1: Adam's beta1 must be below 1"),
-                            (['--beta1', '0.5', '--loss', 'edm'], "--loss edm keeps EDM's Adam betas (0.9, 0.999)")):
+                            (['--beta1', '0.5', '--loss', 'edm'], "--loss edm keeps EDM's Adam betas (0.9, 0.999)"),
+                            (['--d-fakes', 'g-step', '--loss', 'edm'], "--d-fakes g-step sets the D step's fakes; "
+                                                                       "--loss edm trains no D")):
         assert expected in train_error(*base, '--init', tiny['ckpt'], '--rundir', fresh, *extra)
     for argv in (['--init', str(evil_pt), '--rundir', fresh], ['--init', tiny['ckpt'], '--rundir', str(run), '--resume', str(evil_pt)]):
         message = train_error(*base, *argv)  # names the file and the global, and never advises weights_only=False

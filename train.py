@@ -86,6 +86,8 @@ flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
 flag('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
+flag('--d-fakes', default='fresh', choices=['fresh', 'g-step'], help="the first D step's fakes: fresh z through the "
+     "updated G (D2O), or the G step's own (one G forward fewer per iteration)")
 flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
 flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio', 'teacher'], help='auto: projected '
@@ -113,8 +115,8 @@ flag('--fid-ref', type=POSITIVE_INT, default=None, help='real images for FID sta
 # A resume refuses another value of FIXED, takes CHANGEABLE when typed again; the rest belong to the session.
 FIXED = ('data', 'cond', 'init', 'arch', 'reinit', 'gsigma', 'loss', 'gan', 'divergence', 'freeze', 'batch', 'disc',
          'dinit', 'beta1', 'dlr_trunk', 'dwidth', 'ddepth', 'dpatch', 'dsigma', 'seed')
-CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'sigma_mean', 'sigma_std', 'ema',
-              'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
+CHANGEABLE = ('kimg', 'lr', 'dlr', 'lr_rampup', 'r1_gamma', 'r1_interval', 'd_steps', 'd_fakes', 'sigma_mean',
+              'sigma_std', 'ema', 'ema_rampup', 'tick', 'snap', 'fid_every', 'fid_num', 'fid_ref')
 
 
 def resolve_flags(argv, world, device, log):
@@ -143,6 +145,8 @@ def resolve_flags(argv, world, device, log):
         sys.exit(f'error: --beta1 {args.beta1:g}: Adam\'s beta1 must be below 1')
     if args.beta1 and args.loss == 'edm':
         sys.exit('error: --beta1 is G\'s momentum in a GAN loss; --loss edm keeps EDM\'s Adam betas (0.9, 0.999)')
+    if args.d_fakes != 'fresh' and args.loss == 'edm':
+        sys.exit(f'error: --d-fakes {args.d_fakes} sets the D step\'s fakes; --loss edm trains no D')
     if args.dinit not in ('auto', 'none') and args.loss == 'edm':
         sys.exit('error: --dinit starts a discriminator; --loss edm trains none')
     if args.reinit and args.init == 'random':

@@ -154,6 +154,8 @@ MUTANTS = [
      "best-of-N with a patch D scores by its image logit alone, not what its GAN loss reads"),
     ('g-beta1-ignored', 'train.py', [("betas=(args.beta1, 0.99) if run.D", "betas=(0.0, 0.99) if run.D")],
      "--beta1 does not reach G's Adam: G trains without the momentum asked for"),
+    ('d-fakes-after-g-step', 'loss.py', [('    z_d = None if reuse else global_randn(run, x.shape[1:])', '    z_d = z_g if reuse else global_randn(run, x.shape[1:])')],
+     "--d-fakes g-step runs G again on the G step's z after its step, rather than reusing the images (no saving)"),
     ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
      "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
     ('pretrain-adam-beta2', 'disc.py', [('opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))', 'opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))')],

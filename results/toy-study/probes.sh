@@ -358,6 +358,10 @@ probe b8-dcls2000-beta0.5 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --beta1 0.5
 n=b8-dcls2000-lr2e-4to10
 (probe $n 0 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr 2e-4 && probe $n 0 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr 1e-4) &
 (probe $n 1 10 $f --dinit $out/dcls/disc-cls-2000.pt --lr 2e-4 && probe $n 1 20 $f --dinit $out/dcls/disc-cls-2000.pt --lr 1e-4) & wait
+# (2026-12-08, the same Intel host: the 1-kimg check repeats 0.7675175808724903) the first D step on the G step's own
+# fakes (--d-fakes g-step: one G forward fewer per iteration) with the classifier D
+probe b8-dcls2000-gfakes 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step & probe b8-dcls2000-gfakes 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step & wait
+for s in 0 1; do echo "gfakes s$s: $(fid_of $out/b8-dcls2000-gfakes-s$s/network-snapshot-000016000.pt)"; done >> $out/at16kimg.txt
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
@@ -376,3 +380,4 @@ python toy_table.py --study $out --plot fid-curve-dcls2000-200 --curves b8,b8-dc
 python toy_table.py --study $out --plot fid-curve-ds2-xeon --curves b8-dcls2000-xeon,b8-dcls2000-ds2 --upto 40
 python toy_table.py --study $out --plot fid-curve-patch-xeon --curves b8-dcls2000-xeon,b8-dcls2000-patch,b8-dcls2000-patch-r1g0.03,b8-dcls2000-patch-r1g0.01,b8-dcls2000-lr5e-5 --upto 40
 python toy_table.py --study $out --plot fid-curve-beta-xeon --curves b8-dcls2000-xeon,b8-dcls2000-beta0.5,b8-dcls2000-beta0.9,b8-dcls2000-lr2e-4to10-s0,b8-dcls2000-lr2e-4to10-s1 --upto 40
+python toy_table.py --study $out --plot fid-curve-gfakes-xeon --curves b8-dcls2000-xeon,b8-dcls2000-gfakes --upto 40
