@@ -1075,10 +1075,12 @@ def test_train_loop_equals_the_recipe_written_out(tiny, tmp_path, r1_gamma, gsig
     G = D(2.5 z; 2.5) throughout, and its snapshots sample at that sigma; with --gan rp RpGAN's paired losses and R2
     beside R1; with --dlr-trunk 0.1 D's trunk at a tenth of its head's lr, in the D and the R1 steps; with --dpatch 1
     D's patch head beside its image logit, in every loss and in R1 (and in the head's lr group); with --beta1 0.9
-    G's Adam with that momentum, D's without; with --d-fakes g-step the D step on the G step's own images."""
+    G's Adam with that momentum, D's without; with --d-fakes g-step the D step on the G step's own images, here in
+    two accumulated micro-batches (each D micro-batch takes its own G micro-batch's images)."""
     flags = dict(lr=2e-4, dlr=3e-3, lr_rampup=0.05, r1_gamma=r1_gamma, r1_interval=4, ema=0.05, ema_rampup=0.5,
                  gsigma=gsigma, gan=gan, dlr_trunk=dlr_trunk, dpatch=dpatch, beta1=beta1, d_fakes=d_fakes)
-    state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008',
+    micro = ['--batch-gpu', '4'] if d_fakes == 'g-step' else []
+    state = run_train(tiny, tmp_path / 'run', '--kimg', '0.144', '--tick', '0.008', *micro,
                       *[s for k, v in flags.items() for s in ('--' + k.replace('_', '-'), str(v))])
     ref, ref_losses = reference_d2o(tiny, 18, **flags)
     for key in ('G', 'G_ema', 'D'):
@@ -1446,11 +1448,12 @@ def two_ranks_equal_one_process(tiny, tmp_path, *flags):
 
 
 def test_train_torchrun_diffratio_equals_one_process(tiny, tmp_path):
-    """--loss diffratio on 2 ranks (gloo) with 2 D steps and 2 D blocks per resolution, past an R1 step: every rank
-    exits 0, the ranks agree at each snapshot, and the result equals one process on the same global batch (noise levels
-    drawn for the global batch); the saved D keeps its depth."""
+    """--loss diffratio on 2 ranks (gloo) with 2 D steps (the first on the G step's fakes, --d-fakes g-step) and 2 D
+    blocks per resolution, past an R1 step: every rank exits 0, the ranks agree at each snapshot, and the result
+    equals one process on the same global batch (noise levels drawn for the global batch); the saved D keeps its
+    depth."""
     two, _ = two_ranks_equal_one_process(tiny, tmp_path, '--loss', 'diffratio', '--d-steps', '2', '--r1-interval', '2',
-                                         '--kimg', '0.032', '--ddepth', '2')
+                                         '--kimg', '0.032', '--ddepth', '2', '--d-fakes', 'g-step')
     assert 'RatioD width 8 depth 2' in two.stdout
     saved = disc.load_d(sorted(glob.glob(str(tmp_path / 'two' / 'disc-snapshot-*.pt')))[-1])
     assert saved.init_kwargs['depth'] == 2 and len(saved.blocks) == 2 * int(math.log2(saved.resolution // 4))

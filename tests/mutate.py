@@ -156,6 +156,8 @@ MUTANTS = [
      "--beta1 does not reach G's Adam: G trains without the momentum asked for"),
     ('d-fakes-after-g-step', 'loss.py', [('    z_d = None if reuse else global_randn(run, x.shape[1:])', '    z_d = z_g if reuse else global_randn(run, x.shape[1:])')],
      "--d-fakes g-step runs G again on the G step's z after its step, rather than reusing the images (no saving)"),
+    ('d-fakes-one-micro-batch', 'loss.py', [('                fake = g_fakes[s.start]', '                fake = g_fakes[0]')],
+     "--d-fakes g-step with accumulation gives every D micro-batch the first G micro-batch's images"),
     ('pretrain-no-colours', 'disc.py', [('    if colours:  # the shape', '    if False:  # the shape')],
      "disc.pretrain on the toy world classifies shapes only, not the colours that assets/toy-disc.pt learnt"),
     ('pretrain-adam-beta2', 'disc.py', [('opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.99))', 'opt = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.9, 0.999))')],
