@@ -362,6 +362,8 @@ n=b8-dcls2000-lr2e-4to10
 # fakes (--d-fakes g-step: one G forward fewer per iteration) with the classifier D
 probe b8-dcls2000-gfakes 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step & probe b8-dcls2000-gfakes 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step & wait
 for s in 0 1; do echo "gfakes s$s: $(fid_of $out/b8-dcls2000-gfakes-s$s/network-snapshot-000016000.pt)"; done >> $out/at16kimg.txt
+# D2O-F at 5x its G lr with it (the table's 5x row's flags plus --d-fakes g-step)
+probe b8-dcls2000-gfakes-f-lr5e-4 0 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step --freeze 1 --lr 5e-4 & probe b8-dcls2000-gfakes-f-lr5e-4 1 40 $f --dinit $out/dcls/disc-cls-2000.pt --d-fakes g-step --freeze 1 --lr 5e-4 & wait
 # study.md from every run's records, and a curve per setting (its seeds' mean; each seed in the CSV)
 python toy_table.py --study $out
 python toy_table.py --study $out --plot fid-curve-d2o-f \
