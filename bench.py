@@ -94,6 +94,16 @@ def loop_seconds_per_iter(root, teacher, ds, args, level, *extra):
     return float(np.median(seconds[2:])), sum(seconds[:2])
 
 
+def optimizer_bytes(net, level, z, c):
+    """Bytes of G's Adam state after one step, with --freeze level's tensors frozen."""
+    G = unet.D2OGenerator(unet.EDMPrecond(**net.init_kwargs)).requires_grad_(True)
+    freeze.freeze(G, level, verbose=False)
+    opt = torch.optim.Adam([q for q in G.parameters() if q.requires_grad], lr=1e-4, betas=(0.0, 0.99))
+    G(z, c).mean().backward()
+    opt.step()
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+
+
 def sampling_rows(net, batch):
     seeds = list(range(batch))
     one = timed(lambda: sample.Sampler(unet.D2OGenerator(net), 'generator')(seeds, 'cpu'))
@@ -224,14 +234,7 @@ def main():
         reused = float(np.median([loop() / loop('--d-fakes', 'g-step') for _ in range(3)]))  # back to back: drift
         if args.compile:  # compile time: the warm-up iterations beyond two steady ones
             it_compiled, warm_up = loop_seconds_per_iter(root, teacher, ds, args, 0, '--compile')
-        mem = {}
-        for level in (0, 1):
-            Gl = unet.D2OGenerator(unet.EDMPrecond(**net.init_kwargs)).requires_grad_(True)
-            freeze.freeze(Gl, level, verbose=False)
-            opt = torch.optim.Adam([q for q in Gl.parameters() if q.requires_grad], lr=1e-4, betas=(0.0, 0.99))
-            Gl(z[:2], c[:2] if c is not None else None).mean().backward()
-            opt.step()
-            mem[level] = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+        mem = {level: optimizer_bytes(net, level, z[:2], c[:2] if c is not None else None) for level in (0, 1)}
 
     rows = [
         ('device / threads', f'{"cuda" if torch.cuda.is_available() else "cpu"} / {torch.get_num_threads()}'),

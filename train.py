@@ -86,8 +86,7 @@ flag('--lr-rampup', type=NONNEG, default=None, help='linear lr warm-up in kimg (
 flag('--r1-gamma', type=NONNEG, default=None, help='R1 weight on real images (default per D kind; 0: no R1)')
 flag('--r1-interval', type=POSITIVE_INT, default=16, help='lazy R1 every this many iterations')
 flag('--d-steps', type=POSITIVE_INT, default=1, help='D steps per G step (GAN losses)')
-flag('--d-fakes', default='fresh', choices=['fresh', 'g-step'], help="the first D step's fakes: fresh z through the "
-     "updated G (D2O), or the G step's own (one G forward fewer per iteration)")
+flag('--d-fakes', default='fresh', choices=['fresh', 'g-step'], help="the first D step's fakes: fresh (D2O) or G's own")
 flag('--ema', type=NONNEG, default=None, help='EMA half-life in kimg (capped at 5%% of images seen)')
 flag('--ema-rampup', type=NONNEG, default=0.05, help='EMA half-life <= this x images seen')
 flag('--disc', default='auto', choices=['auto', 'resnet', 'projected', 'ratio', 'teacher'], help='auto: projected '
